@@ -1,0 +1,438 @@
+"""The pattern IR: small, immutable, hashable nodes.
+
+In: nothing (this module is the bottom of the stack). Out: node classes for integer argument
+expressions (:class:`IntExpr`), index sets (:class:`IndexList`, :class:`IndexSlice`) and
+patterns (:class:`Prim`, :class:`Union`, :class:`Inter`, :class:`Diff`, :class:`Not`), the
+table of primitives (:data:`PRIMITIVES`), evaluation of arguments at a sequence length, and
+canonical printing (``text``), whose output parses back to an equal node.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from typing import Union as _U
+
+import numpy as np
+
+from .errors import LoweringError
+
+# --------------------------------------------------------------------------------------------
+# Integer argument expressions
+
+
+class IntExpr:
+    """An integer expression in ``n`` (the sequence length)."""
+
+    __slots__ = ()
+
+    @property
+    def is_const(self) -> bool:
+        return isinstance(self, Const)
+
+
+@dataclass(frozen=True, slots=True)
+class Const(IntExpr):
+    value: int
+
+
+@dataclass(frozen=True, slots=True)
+class SeqLen(IntExpr):
+    """The sequence length ``n``."""
+
+
+@dataclass(frozen=True, slots=True)
+class BinOp(IntExpr):
+    op: str  # one of + - * // %
+    a: IntExpr
+    b: IntExpr
+
+
+@dataclass(frozen=True, slots=True)
+class Neg(IntExpr):
+    a: IntExpr
+
+
+@dataclass(frozen=True, slots=True)
+class Func(IntExpr):
+    name: str  # sqrt, log2, min, max
+    args: tuple[IntExpr, ...]
+
+
+FUNCTIONS = {"sqrt": 1, "log2": 1, "min": 2, "max": 2}
+
+_INT_PREC = {"+": 1, "-": 1, "*": 2, "//": 2, "%": 2}
+
+
+def int_text(e: IntExpr, prec: int = 0) -> str:
+    """Canonical text of an integer expression (minimal parentheses)."""
+    if isinstance(e, Const):
+        s = str(e.value)
+        return f"({s})" if e.value < 0 and prec > 2 else s
+    if isinstance(e, SeqLen):
+        return "n"
+    if isinstance(e, Neg):
+        s = "-" + int_text(e.a, 3)
+        return f"({s})" if prec > 3 else s
+    if isinstance(e, Func):
+        return f"{e.name}({', '.join(int_text(a) for a in e.args)})"
+    if isinstance(e, BinOp):
+        p = _INT_PREC[e.op]
+        s = f"{int_text(e.a, p)} {e.op} {int_text(e.b, p + 1)}"
+        return f"({s})" if prec > p else s
+    raise TypeError(e)
+
+
+class ArgumentError(LoweringError):
+    pass
+
+
+def evaluate(e: IntExpr, n: int) -> int:
+    """Value of ``e`` at sequence length ``n``. Errors (division by zero, square root of a
+    negative number) are :class:`LoweringError` naming the expression."""
+    if isinstance(e, Const):
+        return e.value
+    if isinstance(e, SeqLen):
+        return n
+    if isinstance(e, Neg):
+        return -evaluate(e.a, n)
+    if isinstance(e, BinOp):
+        a, b = evaluate(e.a, n), evaluate(e.b, n)
+        if e.op == "+":
+            return a + b
+        if e.op == "-":
+            return a - b
+        if e.op == "*":
+            if abs(a).bit_length() + abs(b).bit_length() > 4096:
+                raise ArgumentError(f"`{int_text(e)}` is too large at n = {n}")
+            return a * b
+        if b == 0:
+            raise ArgumentError(f"division by zero in `{int_text(e)}` at n = {n}")
+        return a // b if e.op == "//" else a % b
+    if isinstance(e, Func):
+        vals = [evaluate(a, n) for a in e.args]
+        if e.name == "sqrt":
+            if vals[0] < 0:
+                raise ArgumentError(f"sqrt of a negative number ({vals[0]}) in `{int_text(e)}` "
+                                    f"at n = {n}")
+            return math.isqrt(vals[0])
+        if e.name == "log2":
+            if vals[0] <= 0:
+                raise ArgumentError(f"log2 of a non-positive number ({vals[0]}) in "
+                                    f"`{int_text(e)}` at n = {n}")
+            return vals[0].bit_length() - 1
+        if e.name == "min":
+            return min(vals)
+        if e.name == "max":
+            return max(vals)
+    raise TypeError(e)
+
+
+def fold(e: IntExpr) -> IntExpr:
+    """Constant-fold an expression whose leaves are all constants (errors are left for
+    evaluation, so that they name the sequence length)."""
+    if isinstance(e, (Const, SeqLen)):
+        return e
+    if isinstance(e, Neg):
+        a = fold(e.a)
+        return Const(-a.value) if isinstance(a, Const) else Neg(a)
+    if isinstance(e, BinOp):
+        a, b = fold(e.a), fold(e.b)
+        out = BinOp(e.op, a, b)
+    elif isinstance(e, Func):
+        out = Func(e.name, tuple(fold(x) for x in e.args))
+    else:
+        raise TypeError(e)
+    if all(isinstance(x, Const) for x in _children(out)):
+        try:
+            return Const(evaluate(out, 0))
+        except ArgumentError:
+            return out
+    return out
+
+
+def _children(e: IntExpr) -> tuple[IntExpr, ...]:
+    if isinstance(e, BinOp):
+        return (e.a, e.b)
+    if isinstance(e, Neg):
+        return (e.a,)
+    if isinstance(e, Func):
+        return e.args
+    return ()
+
+
+def uses_n(e: IntExpr) -> bool:
+    return isinstance(e, SeqLen) or any(uses_n(c) for c in _children(e))
+
+
+# --------------------------------------------------------------------------------------------
+# Index sets
+
+
+@dataclass(frozen=True, slots=True)
+class IndexList:
+    """``[a, b, c]``: positions; negative ones count from the end."""
+
+    items: tuple[IntExpr, ...]
+
+    def text(self) -> str:
+        return "[" + ", ".join(int_text(i) for i in self.items) + "]"
+
+
+@dataclass(frozen=True, slots=True)
+class IndexSlice:
+    """``[start:stop:step]`` with Python's meaning (clipped)."""
+
+    start: IntExpr | None
+    stop: IntExpr | None
+    step: IntExpr | None
+
+    def text(self) -> str:
+        a = "" if self.start is None else int_text(self.start)
+        b = "" if self.stop is None else int_text(self.stop)
+        s = f"[{a}:{b}"
+        if self.step is not None:
+            s += ":" + int_text(self.step)
+        return s + "]"
+
+
+IndexSet = _U[IndexList, IndexSlice]
+
+
+class IndexRuns:
+    """A resolved index set: sorted unique positions stored as runs ``[starts[k], ends[k])``."""
+
+    __slots__ = ("starts", "ends")
+
+    def __init__(self, starts: np.ndarray, ends: np.ndarray):
+        self.starts = starts
+        self.ends = ends
+
+    @property
+    def count(self) -> int:
+        return int((self.ends - self.starts).sum())
+
+    def positions(self) -> np.ndarray:
+        if len(self.starts) == 0:
+            return np.zeros(0, np.int64)
+        return np.concatenate([np.arange(a, b) for a, b in zip(self.starts, self.ends)]) \
+            if len(self.starts) < 64 else _expand_runs(self.starts, self.ends)
+
+
+def _expand_runs(starts: np.ndarray, ends: np.ndarray) -> np.ndarray:
+    lens = ends - starts
+    out = np.ones(int(lens.sum()), np.int64)
+    offs = np.cumsum(lens) - lens
+    out[offs[0]] = starts[0]
+    out[offs[1:]] = starts[1:] - ends[:-1] + 1
+    return np.cumsum(out, out=out)
+
+
+def _runs_from_sorted(pos: np.ndarray) -> IndexRuns:
+    if len(pos) == 0:
+        return IndexRuns(np.zeros(0, np.int64), np.zeros(0, np.int64))
+    brk = np.flatnonzero(np.diff(pos) != 1) + 1
+    starts = pos[np.concatenate([[0], brk])]
+    ends = pos[np.concatenate([brk - 1, [len(pos) - 1]])] + 1
+    return IndexRuns(starts.astype(np.int64), ends.astype(np.int64))
+
+
+def resolve_index_set(s: IndexSet, n: int, where: str) -> IndexRuns:
+    """Resolve an index set at sequence length ``n``. A listed position outside −n..n−1 is a
+    :class:`LoweringError` naming the position and n; slices clip like Python's."""
+    if isinstance(s, IndexSlice):
+        start = None if s.start is None else evaluate(s.start, n)
+        stop = None if s.stop is None else evaluate(s.stop, n)
+        step = None if s.step is None else evaluate(s.step, n)
+        if step == 0:
+            raise LoweringError(f"{where}: slice step is zero in {s.text()} at n = {n}")
+        a, b, c = slice(start, stop, step).indices(n)
+        if c == 1:
+            if b <= a:
+                return IndexRuns(np.zeros(0, np.int64), np.zeros(0, np.int64))
+            return IndexRuns(np.array([a], np.int64), np.array([b], np.int64))
+        r = range(a, b, c)
+        if len(r) == 0:
+            return IndexRuns(np.zeros(0, np.int64), np.zeros(0, np.int64))
+        if c < 0:
+            pos = np.arange(r[-1], r[0] + 1, -c, dtype=np.int64)
+        else:
+            pos = np.arange(a, b, c, dtype=np.int64)
+        return _runs_from_sorted(pos)
+    vals = []
+    for e in s.items:
+        v = evaluate(e, n)
+        if not -n <= v < n:
+            raise LoweringError(
+                f"{where}: position {v} (from `{int_text(e)}`) is outside -{n}..{n - 1} at n = {n}")
+        vals.append(v + n if v < 0 else v)
+    pos = np.unique(np.asarray(vals, dtype=np.int64))
+    return _runs_from_sorted(pos)
+
+
+# --------------------------------------------------------------------------------------------
+# Patterns
+
+
+class Node:
+    """A pattern IR node. Nodes are immutable and hashable; equal nodes denote equal patterns
+    (the converse holds only after canonicalisation, and not always)."""
+
+    __slots__ = ()
+
+
+@dataclass(frozen=True, slots=True)
+class Prim(Node):
+    """A primitive with its arguments in declaration order (keywords resolved)."""
+
+    name: str
+    args: tuple = ()
+
+
+@dataclass(frozen=True, slots=True)
+class Union(Node):
+    items: tuple[Node, ...]
+
+
+@dataclass(frozen=True, slots=True)
+class Inter(Node):
+    items: tuple[Node, ...]
+
+
+@dataclass(frozen=True, slots=True)
+class Diff(Node):
+    a: Node
+    b: Node
+
+
+@dataclass(frozen=True, slots=True)
+class Not(Node):
+    a: Node
+
+
+@dataclass(frozen=True)
+class Param:
+    name: str
+    kind: str  # "int" or "index"
+    minimum: int | None = None
+    default: int | None = None  # keyword parameters have a default
+
+
+@dataclass(frozen=True)
+class PrimSpec:
+    name: str
+    params: tuple[Param, ...]
+    doc: str
+
+
+def _p(name, kind="int", minimum=None, default=None):
+    return Param(name, kind, minimum, default)
+
+
+PRIMITIVES: dict[str, PrimSpec] = {
+    s.name: s
+    for s in [
+        PrimSpec("local", (_p("w", minimum=0),), "|i - j| <= w"),
+        PrimSpec("window", (_p("l", minimum=0), _p("r", minimum=0)), "-l <= j - i <= r"),
+        PrimSpec("causal", (), "j <= i"),
+        PrimSpec("stride", (_p("s", minimum=1),), "(i - j) mod s == 0"),
+        PrimSpec("dilated", (_p("w", minimum=0), _p("d", minimum=1)),
+                 "|i - j| <= w*d and (i - j) mod d == 0"),
+        PrimSpec("block", (_p("b", minimum=1),), "i // b == j // b"),
+        PrimSpec("fixed", (_p("l", minimum=1), _p("c", minimum=1)),
+                 "i // l == j // l, or j mod l >= l - c  (1 <= c <= l)"),
+        PrimSpec("rows", (_p("I", "index"),), "i in I"),
+        PrimSpec("cols", (_p("I", "index"),), "j in I"),
+        PrimSpec("global", (_p("I", "index"),), "i in I or j in I"),
+        PrimSpec("sink", (_p("k", minimum=0),), "j < k"),
+        PrimSpec("random", (_p("r", minimum=0), _p("seed", default=0)),
+                 "j in R_i: min(r, n) distinct keys drawn for row i"),
+        PrimSpec("full", (), "always"),
+        PrimSpec("none", (), "never"),
+    ]
+}
+
+FULL = Prim("full")
+NONE = Prim("none")
+
+
+def prim_args(p: Prim, n: int) -> tuple:
+    """Evaluate a primitive's arguments at ``n``, checking ranges. Integers come back as
+    ``int``, index sets as :class:`IndexRuns`. Errors name the primitive, the argument, its
+    value and n."""
+    spec = PRIMITIVES[p.name]
+    out = []
+    for par, a in zip(spec.params, p.args):
+        if par.kind == "index":
+            out.append(resolve_index_set(a, n, f"{p.name}({a.text()})"))
+            continue
+        v = evaluate(a, n)
+        if par.minimum is not None and v < par.minimum:
+            src = "" if isinstance(a, Const) else f" (from `{int_text(a)}`)"
+            raise LoweringError(
+                f"{p.name}: argument {par.name} = {v}{src} at n = {n}; "
+                f"{par.name} must be >= {par.minimum}")
+        out.append(v)
+    if p.name == "fixed" and out[1] > out[0]:
+        raise LoweringError(f"fixed: argument c = {out[1]} exceeds l = {out[0]} at n = {n}; "
+                            "fixed(l, c) needs 1 <= c <= l")
+    return tuple(out)
+
+
+# --------------------------------------------------------------------------------------------
+# Printing
+
+_PREC = {Union: 1, Inter: 2, Diff: 3, Not: 4}
+
+
+def prim_text(p: Prim) -> str:
+    spec = PRIMITIVES[p.name]
+    if not spec.params:
+        return p.name
+    parts = []
+    for par, a in zip(spec.params, p.args):
+        s = a.text() if par.kind == "index" else int_text(a)
+        if par.default is not None:
+            if isinstance(a, Const) and a.value == par.default:
+                continue
+            s = f"{par.name}={s}"
+        parts.append(s)
+    return f"{p.name}({', '.join(parts)})"
+
+
+def text(node: Node, prec: int = 0) -> str:
+    """Canonical text of a pattern node; parses back to an equal node."""
+    if isinstance(node, Prim):
+        return prim_text(node)
+    p = _PREC[type(node)]
+    if isinstance(node, Union):
+        s = " | ".join(text(x, 1) for x in node.items)
+    elif isinstance(node, Inter):
+        s = " & ".join(text(x, 2) for x in node.items)
+    elif isinstance(node, Diff):
+        s = f"{text(node.a, 3)} - {text(node.b, 4)}"
+    elif isinstance(node, Not):
+        s = "~" + text(node.a, 4)
+    else:
+        raise TypeError(node)
+    return f"({s})" if prec > p else s
+
+
+def children(node: Node) -> tuple[Node, ...]:
+    if isinstance(node, (Union, Inter)):
+        return node.items
+    if isinstance(node, Diff):
+        return (node.a, node.b)
+    if isinstance(node, Not):
+        return (node.a,)
+    return ()
+
+
+def depth(node: Node) -> int:
+    """Nesting depth, computed without recursion."""
+    best, stack = 0, [(node, 1)]
+    while stack:
+        x, d = stack.pop()
+        best = max(best, d)
+        stack.extend((c, d + 1) for c in children(x))
+    return best

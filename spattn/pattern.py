@@ -1,0 +1,153 @@
+"""The public :class:`Pattern` object and :func:`compile`.
+
+In: pattern text or IR. Out: an immutable, hashable :class:`Pattern` holding the canonical IR,
+with the algebra (``| & - ~``) and entry points to lowering (``to_csr``, ``to_dense``,
+``nnz``), analysis (``stats``) and block layouts (``to_blocks``). Those entry points import
+their modules lazily, so the IR layer depends on nothing above it.
+"""
+
+from __future__ import annotations
+
+import functools
+from typing import TYPE_CHECKING, Any
+
+from . import ir
+from .canon import canonicalize
+from .errors import SpattnError
+from .parse import parse_program
+
+if TYPE_CHECKING:  # pragma: no cover
+    import numpy as np
+    import scipy.sparse
+
+
+class Pattern:
+    """A sparse attention pattern: a length-generic set of (query i, key j) pairs.
+
+    Build one with :func:`spattn.compile` or the operators ``|`` (union), ``&``
+    (intersection), ``-`` (difference) and ``~`` (complement), which accept patterns or pattern
+    text. Equal patterns (same canonical IR) compare and hash equal, and
+    ``spattn.compile(str(p)) == p``.
+    """
+
+    __slots__ = ("node", "_text", "_hash", "__weakref__")
+
+    def __init__(self, node: ir.Node):
+        if not isinstance(node, ir.Node):
+            raise SpattnError(f"Pattern() takes an IR node, got {type(node).__name__}; "
+                              "use spattn.compile(text)")
+        object.__setattr__(self, "node", canonicalize(node))
+        object.__setattr__(self, "_text", None)
+        object.__setattr__(self, "_hash", None)
+
+    def __setattr__(self, k, v):
+        raise AttributeError("Pattern is immutable")
+
+    # -- identity
+    def __str__(self) -> str:
+        if self._text is None:
+            object.__setattr__(self, "_text", ir.text(self.node))
+        return self._text
+
+    def __repr__(self) -> str:
+        return f"Pattern({str(self)!r})"
+
+    def __eq__(self, other: object) -> bool:
+        return isinstance(other, Pattern) and self.node == other.node
+
+    def __hash__(self) -> int:
+        if self._hash is None:
+            object.__setattr__(self, "_hash", hash(self.node))
+        return self._hash
+
+    def __reduce__(self):
+        return (compile, (str(self),))
+
+    # -- algebra
+    def __or__(self, other: Any) -> Pattern:
+        return Pattern(ir.Union((self.node, as_pattern(other).node)))
+
+    def __and__(self, other: Any) -> Pattern:
+        return Pattern(ir.Inter((self.node, as_pattern(other).node)))
+
+    def __sub__(self, other: Any) -> Pattern:
+        return Pattern(ir.Diff(self.node, as_pattern(other).node))
+
+    def __ror__(self, other: Any) -> Pattern:
+        return as_pattern(other) | self
+
+    def __rand__(self, other: Any) -> Pattern:
+        return as_pattern(other) & self
+
+    def __rsub__(self, other: Any) -> Pattern:
+        return as_pattern(other) - self
+
+    def __invert__(self) -> Pattern:
+        return Pattern(ir.Not(self.node))
+
+    # -- lowering
+    def to_csr(self, n: int) -> scipy.sparse.csr_array:
+        """The exact (n, n) boolean matrix as a ``scipy.sparse.csr_array`` with sorted, unique
+        column indices per row (int32 where they fit). Time and memory are proportional to
+        the number of pairs; requests over the memory budget raise :class:`ResourceError`."""
+        from .lower import to_csr
+
+        return to_csr(self.node, n)
+
+    def to_dense(self, n: int) -> np.ndarray:
+        """The (n, n) boolean numpy mask. Refuses n > :data:`spattn.lower.MAX_DENSE_N`."""
+        from .lower import to_dense
+
+        return to_dense(self.node, n)
+
+    def nnz(self, n: int) -> int:
+        """The exact number of (query, key) pairs at sequence length ``n``."""
+        from .lower import nnz
+
+        return nnz(self.node, n)
+
+    def row_range_csr(self, n: int, start: int, stop: int):
+        """CSR of query rows ``start:stop`` only (for m < n queries): ``(indptr, indices)``."""
+        from .lower import csr_rows
+
+        return csr_rows(self.node, n, start, stop)
+
+    # -- analysis and GPU lowering (filled in by their modules)
+    def stats(self, n: int, block_size: int = 128):
+        """Figures that help choose a pattern at sequence length ``n``: see :class:`Stats`."""
+        from .analysis import stats
+
+        return stats(self, n, block_size=block_size)
+
+    def to_blocks(self, n: int, block_size: int = 128, key_block_size: int | None = None,
+                  *, m: int | None = None):
+        """The block layout for the GPU backend: see :class:`spattn.BlockLayout`."""
+        from .blocks import to_blocks
+
+        return to_blocks(self, n, block_size=block_size, key_block_size=key_block_size, m=m)
+
+    def mask_mod(self, n: int):
+        """A FlexAttention ``mask_mod(b, h, q_idx, kv_idx)`` that evaluates this pattern."""
+        from .blocks import mask_mod
+
+        return mask_mod(self, n)
+
+
+@functools.lru_cache(maxsize=4096)
+def _compile_text(text: str) -> Pattern:
+    return Pattern(parse_program(text))
+
+
+def compile(pattern: str | Pattern) -> Pattern:  # noqa: A001 - public name from the SPEC
+    """Parse pattern text (a program: bindings, presets, final expression) into a
+    :class:`Pattern`. Parsing and canonicalisation are cached on the text."""
+    if isinstance(pattern, Pattern):
+        return pattern
+    if not isinstance(pattern, str):
+        raise SpattnError(f"a pattern must be text or a spattn.Pattern, got "
+                          f"{type(pattern).__name__}: {pattern!r:.80}")
+    return _compile_text(pattern)
+
+
+def as_pattern(p: Any) -> Pattern:
+    return compile(p)
