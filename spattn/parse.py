@@ -120,7 +120,9 @@ def _syntax_error(text: str, e: UnexpectedInput, label: str = "") -> PatternSynt
         msg += "; expected " + (", ".join(expected[:-1]) + " or " + expected[-1]
                                 if len(expected) > 1 else expected[0])
     line, col = getattr(e, "line", 1), getattr(e, "column", 1)
-    if isinstance(e, UnexpectedEOF) or line in (None, -1):
+    at_end = isinstance(e, UnexpectedEOF) or (
+        isinstance(e, UnexpectedToken) and e.token.type == "$END")
+    if at_end or line in (None, -1):
         lines = text.splitlines() or [""]
         line, col = len(lines), len(lines[-1]) + 1
     return PatternSyntaxError(f"{msg}\n{caret(text, line, col, label)}")
