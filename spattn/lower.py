@@ -120,6 +120,46 @@ def normalize(row, lo, hi, n: int):
     return _merge_sorted(row, lo, hi)
 
 
+def _merge_runs(keys, deltas):
+    """Merge sorted key runs (with their deltas) into one sorted run: the small runs are
+    placed into the largest by binary search, which beats a sort when one run dominates."""
+    order = sorted(range(len(keys)), key=lambda t: -len(keys[t]))
+    key, delta = keys[order[0]], deltas[order[0]]
+    for t in order[1:]:
+        k2, d2 = keys[t], deltas[t]
+        pos = np.searchsorted(key, k2) + np.arange(len(k2))
+        total = len(key) + len(k2)
+        other = np.ones(total, bool)
+        other[pos] = False
+        nk = np.empty(total, np.int64)
+        nd = np.empty(total, np.int64)
+        nk[pos], nd[pos] = k2, d2
+        nk[other], nd[other] = key, delta
+        key, delta = nk, nd
+    return key, delta
+
+
+def union(parts, n: int):
+    """Union of normal-form interval sets: merge the runs by start, then coalesce."""
+    parts = [x for x in parts if len(x[1])]
+    if not parts:
+        return _EMPTY, _EMPTY, _EMPTY
+    if len(parts) == 1:
+        return parts[0]
+    keys = [row * (n + 1) + lo for row, lo, _ in parts]
+    lens = [hi - lo for _, lo, hi in parts]
+    key, ln = _merge_runs(keys, lens)
+    hk = key + ln  # row*(n+1) + hi: comparable across rows
+    cm = np.maximum.accumulate(hk)
+    start = np.empty(len(key), bool)
+    start[0] = True
+    np.greater(key[1:], cm[:-1], out=start[1:])
+    idx = np.flatnonzero(start)
+    row, lo = np.divmod(key[idx], n + 1)
+    hi = np.maximum.reduceat(hk, idx) - row * (n + 1)
+    return row, lo, hi
+
+
 def sweep(parts, weights, keep, n: int):
     """Combine normal-form interval sets. Each part contributes ``+w`` on ``[lo, hi)``; the
     result keeps the columns whose summed weight satisfies ``keep(state)``."""
@@ -135,11 +175,7 @@ def sweep(parts, weights, keep, n: int):
         d = np.empty(2 * m, np.int64)
         d[0::2], d[1::2] = w, -w
         deltas.append(d)
-    key = np.concatenate(keys)
-    delta = np.concatenate(deltas)
-    if len(parts) > 1:
-        order = np.argsort(key, kind="stable")  # a merge of sorted runs
-        key, delta = key[order], delta[order]
+    key, delta = _merge_runs(keys, deltas)
     first = np.empty(len(key), bool)
     first[0] = True
     np.not_equal(key[1:], key[:-1], out=first[1:])
@@ -173,6 +209,7 @@ def _per_row(i, lo, hi):
 
 def _progression(i, first, count, step):
     """Rows ``i`` each with ``count`` singletons ``first + step*k``."""
+    count = np.maximum(count, 0)
     total = int(count.sum())
     if total == 0:
         return _EMPTY, _EMPTY, _EMPTY
@@ -182,77 +219,100 @@ def _progression(i, first, count, step):
     return np.repeat(i, count), lo, lo + 1
 
 
-def _runs_per_row(i, starts, ends):
-    R, K = len(i), len(starts)
-    if K == 0 or R == 0:
+def _runs_in_window(i, starts, ends, clo, chi):
+    """For each row, the runs ``[starts, ends)`` (sorted, disjoint) clipped to the row's
+    window ``[clo, chi)``."""
+    if len(starts) == 0 or len(i) == 0:
         return _EMPTY, _EMPTY, _EMPTY
-    return np.repeat(i, K), np.tile(starts, R), np.tile(ends, R)
-
-
-def _rows_full(runs: ir.IndexRuns, r0, r1, n):
-    s = np.clip(runs.starts, r0, r1)
-    e = np.clip(runs.ends, r0, r1)
-    keep = s < e
-    if not keep.any():
+    a = np.searchsorted(ends, clo, side="right")
+    b = np.searchsorted(starts, chi, side="left")
+    cnt = np.maximum(b - a, 0)
+    total = int(cnt.sum())
+    if total == 0:
         return _EMPTY, _EMPTY, _EMPTY
-    rows = ir._expand_runs(s[keep], e[keep])
-    return rows, np.zeros(len(rows), np.int64), np.full(len(rows), n, np.int64)
+    offs = np.cumsum(cnt) - cnt
+    run = np.arange(total, dtype=np.int64) - np.repeat(offs - a, cnt)
+    row = np.repeat(i, cnt)
+    lo = np.maximum(starts[run], np.repeat(clo, cnt))
+    hi = np.minimum(ends[run], np.repeat(chi, cnt))
+    return _per_row(row, lo, hi)
 
 
-def prim_rows(name: str, a: tuple, n: int, r0: int, r1: int):
-    """Normal-form intervals of a primitive for rows ``r0:r1``."""
-    i = np.arange(r0, r1, dtype=np.int64)
-    zeros = np.zeros(len(i), np.int64)
+_SINGLE = {"local", "window", "causal", "full", "none", "sink", "block", "rows"}
+
+
+def single_interval(name: str, a: tuple, n: int, i: np.ndarray):
+    """``(lo, hi)`` per row for primitives with at most one interval per row (lo >= hi means
+    the row is empty)."""
     if name in ("local", "window"):
         left, right = (a[0], a[0]) if name == "local" else a
         left, right = min(left, n), min(right, n)
-        return i, np.maximum(i - left, 0), np.minimum(i + right + 1, n)
+        return np.maximum(i - left, 0), np.minimum(i + right + 1, n)
     if name == "causal":
-        return i, zeros, i + 1
+        return np.zeros(len(i), np.int64), i + 1
     if name == "full":
-        return i, zeros, np.full(len(i), n, np.int64)
+        return np.zeros(len(i), np.int64), np.full(len(i), n, np.int64)
     if name == "none":
-        return _EMPTY, _EMPTY, _EMPTY
+        return np.zeros(len(i), np.int64), np.zeros(len(i), np.int64)
     if name == "sink":
-        k = min(a[0], n)
-        return (i, zeros, np.full(len(i), k, np.int64)) if k else (_EMPTY, _EMPTY, _EMPTY)
+        return np.zeros(len(i), np.int64), np.full(len(i), min(a[0], n), np.int64)
     if name == "block":
         b = min(a[0], n)
         lo = (i // b) * b
-        return i, lo, np.minimum(lo + b, n)
+        return lo, np.minimum(lo + b, n)
+    if name == "rows":
+        runs = a[0]
+        k = np.searchsorted(runs.ends, i, side="right")
+        inside = np.zeros(len(i), bool)
+        ok = k < len(runs.starts)
+        inside[ok] = runs.starts[k[ok]] <= i[ok]
+        return np.zeros(len(i), np.int64), np.where(inside, n, 0).astype(np.int64)
+    raise TypeError(name)  # pragma: no cover
+
+
+def prim_rows(name: str, a: tuple, n: int, r0: int, r1: int, clip=None):
+    """Normal-form intervals of a primitive for rows ``r0:r1``, restricted to the per-row
+    window ``clip = (clo, chi)`` when given."""
+    i = np.arange(r0, r1, dtype=np.int64)
+    if clip is None:
+        clo, chi = np.zeros(len(i), np.int64), np.full(len(i), n, np.int64)
+    else:
+        clo, chi = clip
+    if name in _SINGLE:
+        lo, hi = single_interval(name, a, n, i)
+        return _per_row(i, np.maximum(lo, clo), np.minimum(hi, chi))
     if name == "stride":
         s = min(a[0], n)
         if s == 1:
-            return prim_rows("full", (), n, r0, r1)
-        first = i % s
-        return _progression(i, first, (n - first + s - 1) // s, s)
+            return _per_row(i, clo, chi)
+        first = clo + (i - clo) % s
+        return _progression(i, first, (chi - first + s - 1) // s, s)
     if name == "dilated":
         w, d = min(a[0], n), min(a[1], n)
         if d == 1 or w == 0:
-            return prim_rows("local", (w if d == 1 else 0,), n, r0, r1)
-        kmin = np.maximum(-w, -(i // d))
-        kmax = np.minimum(w, (n - 1 - i) // d)
+            return prim_rows("local", (w if d == 1 else 0,), n, r0, r1, clip)
+        kmin = np.maximum(-w, -((i - clo) // d))
+        kmax = np.minimum(w, (chi - 1 - i) // d)
         return _progression(i, i + d * kmin, kmax - kmin + 1, d)
     if name == "fixed":
         l, c = a
         if l >= n or c == l:
-            return prim_rows("full", (), n, r0, r1)
+            return _per_row(i, clo, chi)
         q = np.arange((n + l - 1) // l, dtype=np.int64)
         s_lo, s_hi = q * l + (l - c), np.minimum(q * l + l, n)
         ok = s_lo < s_hi
-        row, lo, hi = _runs_per_row(i, s_lo[ok], s_hi[ok])
+        row, lo, hi = _runs_in_window(i, s_lo[ok], s_hi[ok], clo, chi)
         blo = (i // l) * l
         row = np.concatenate([row, i])
-        lo = np.concatenate([lo, blo])
-        hi = np.concatenate([hi, np.minimum(blo + l, n)])
+        lo = np.concatenate([lo, np.maximum(blo, clo)])
+        hi = np.concatenate([hi, np.minimum(np.minimum(blo + l, n), chi)])
         return normalize(row, lo, hi, n)
-    if name == "rows":
-        return _rows_full(a[0], r0, r1, n)
     if name == "cols":
-        return _runs_per_row(i, a[0].starts, a[0].ends)
+        return _runs_in_window(i, a[0].starts, a[0].ends, clo, chi)
     if name == "global":
-        return sweep([_rows_full(a[0], r0, r1, n), _runs_per_row(i, a[0].starts, a[0].ends)],
-                     [1, 1], lambda s: s >= 1, n)
+        lo, hi = single_interval("rows", a, n, i)
+        rows = _per_row(i, np.maximum(lo, clo), np.minimum(hi, chi))
+        return union([rows, _runs_in_window(i, a[0].starts, a[0].ends, clo, chi)], n)
     if name == "random":
         r, seed = a
         keys = row_keys(n, r, seed, i)
@@ -260,7 +320,11 @@ def prim_rows(name: str, a: tuple, n: int, r0: int, r1: int):
         if k == 0:
             return _EMPTY, _EMPTY, _EMPTY
         lo = keys.ravel()
-        return _merge_sorted(np.repeat(i, k), lo, lo + 1)
+        row = np.repeat(i, k)
+        if clip is not None:
+            ok = (lo >= np.repeat(clo, k)) & (lo < np.repeat(chi, k))
+            row, lo = row[ok], lo[ok]
+        return _merge_sorted(row, lo, lo + 1)
     raise TypeError(name)  # pragma: no cover
 
 
@@ -272,22 +336,48 @@ def _ge1(s):
     return s >= 1
 
 
-def eval_rows(b: Bound, n: int, r0: int, r1: int):
-    """Normal-form intervals ``(row, lo, hi)`` of a bound pattern for rows ``r0:r1``."""
+def _is_single(b: Bound) -> bool:
+    return b.kind == "prim" and b.name in _SINGLE
+
+
+def eval_rows(b: Bound, n: int, r0: int, r1: int, clip=None):
+    """Normal-form intervals ``(row, lo, hi)`` of a bound pattern for rows ``r0:r1``, within
+    the per-row window ``clip = (clo, chi)`` if given.
+
+    Intersections with single-interval primitives (``causal``, windows, blocks, sinks) are
+    pushed down as clips, so the other operands only generate pairs that survive."""
     if b.kind == "prim":
-        return prim_rows(b.name, b.args, n, r0, r1)
-    parts = [eval_rows(x, n, r0, r1) for x in b.items]
-    if b.kind == "union":
-        return sweep(parts, [1] * len(parts), _ge1, n)
+        return prim_rows(b.name, b.args, n, r0, r1, clip)
     if b.kind == "inter":
+        singles = [x for x in b.items if _is_single(x)]
+        others = [x for x in b.items if not _is_single(x)]
+        if singles:
+            i = np.arange(r0, r1, dtype=np.int64)
+            if clip is None:
+                clo, chi = np.zeros(len(i), np.int64), np.full(len(i), n, np.int64)
+            else:
+                clo, chi = clip
+            for x in singles:
+                lo, hi = single_interval(x.name, x.args, n, i)
+                clo, chi = np.maximum(clo, lo), np.minimum(chi, hi)
+            clip = (clo, chi)
+            if not others:
+                return _per_row(i, clo, chi)
+        parts = [eval_rows(x, n, r0, r1, clip) for x in others]
+        if len(parts) == 1:
+            return parts[0]
         k = len(parts)
         if any(len(p[1]) == 0 for p in parts):
             return _EMPTY, _EMPTY, _EMPTY
         return sweep(parts, [1] * k, lambda s: s == k, n)
+    parts = [eval_rows(x, n, r0, r1, clip) for x in b.items]
+    if b.kind == "union":
+        return union(parts, n)
     if b.kind == "diff":
         return sweep(parts, [1, 2], lambda s: s == 1, n)
     if b.kind == "not":
-        return sweep([prim_rows("full", (), n, r0, r1), parts[0]], [1, 2], lambda s: s == 1, n)
+        whole = prim_rows("full", (), n, r0, r1, clip)
+        return sweep([whole, parts[0]], [1, 2], lambda s: s == 1, n)
     raise TypeError(b.kind)  # pragma: no cover
 
 
