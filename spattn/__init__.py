@@ -25,7 +25,7 @@ __version__ = "0.1.0"
 __all__ = [
     "Pattern", "compile", "attention", "load", "Stats", "BlockLayout", "SpattnError",
     "PatternSyntaxError", "PatternNameError", "LoweringError", "ResourceError", "ShapeError",
-    "ConfigError", "memory_budget", "set_memory_budget", "__version__",
+    "ConfigError", "memory_budget", "set_memory_budget", "nn", "config", "__version__",
 ]
 
 
@@ -43,8 +43,8 @@ def __getattr__(name: str):
         from .config import load
 
         return load
-    if name == "nn":
+    if name in ("nn", "config", "analysis", "blocks", "backends"):
         import importlib
 
-        return importlib.import_module("spattn.nn")
+        return importlib.import_module(f"spattn.{name}")
     raise AttributeError(f"module 'spattn' has no attribute {name!r}")

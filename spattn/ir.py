@@ -196,7 +196,7 @@ class IndexSlice:
         return s + "]"
 
 
-IndexSet = _U[IndexList, IndexSlice]
+IndexSet = _U[IndexList, IndexSlice]  # noqa: UP007 - a runtime alias
 
 
 class IndexRuns:

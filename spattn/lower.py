@@ -381,8 +381,22 @@ def eval_rows(b: Bound, n: int, r0: int, r1: int, clip=None):
     raise TypeError(b.kind)  # pragma: no cover
 
 
+MAX_WORK = 1 << 32  #: most intervals one lowering may generate (under a minute of work)
+
+
 def chunks(b: Bound, n: int, r0: int, r1: int) -> Iterator[tuple[int, int]]:
-    rows = max(1, min(r1 - r0, int(CHUNK_INTERVALS // max(1.0, b.est))))
+    """Row chunks of about :data:`CHUNK_INTERVALS` intervals each. Refuses, before any work,
+    a chunk whose intervals would not fit the memory budget (a single row of ``stride(2)`` at
+    n = 2**31 has a billion) or a lowering that would generate more than :data:`MAX_WORK`
+    intervals in all."""
+    est = max(1.0, b.est)
+    rows = max(1, min(r1 - r0, int(CHUNK_INTERVALS // est)))
+    guard.check(rows * est * 96, f"lowering one row chunk ({rows:,} rows × ~{est:,.0f} "
+                f"intervals) at n = {n:,}", "use a smaller n or a sparser pattern")
+    if (r1 - r0) * est > MAX_WORK:
+        raise ResourceError(f"lowering at n = {n:,} would generate about "
+                            f"{(r1 - r0) * est:,.0f} intervals (limit {MAX_WORK:,}); use a "
+                            "smaller n or a sparser pattern")
     for a in range(r0, r1, rows):
         yield a, min(r1, a + rows)
 
@@ -434,19 +448,27 @@ def csr_rows(node: ir.Node, n: int, r0: int = 0, r1: int | None = None):
     r1 = n if r1 is None else r1
     _check_range(n, r0, r1)
     b = bind(node, n)
-    # pass 1: exact counts (keeping the intervals when they are small)
-    counts, cached, kept = [], [], 0
+    rows = r1 - r0
+    what = f"the CSR mask at n = {n:,}"
+    hint = "use a sparser pattern or a smaller n"
+    guard.check(rows * 16.0, f"{what} ({rows:,} rows of counts and offsets)", hint)
+    # pass 1: exact counts (keeping the intervals when they are small), stopping as soon as
+    # the pairs seen so far cannot fit the budget
+    counts, cached, kept, total = [], [], 0, 0
     for a, c in chunks(b, n, r0, r1):
         row, lo, hi = eval_rows(b, n, a, c)
         counts.append(_row_counts(row, lo, hi, a, c))
+        total += int(counts[-1].sum())
+        if total * 5.0 > guard.memory_budget():
+            done = "" if c == r1 else "at least "
+            guard.check(total * 5.0 + rows * 8.0,
+                        f"{what} ({done}{total:,} pairs)", hint)
         kept += len(lo)
         cached.append((a, c, lo, hi) if kept <= _CACHE_INTERVALS else (a, c, None, None))
-    total = int(sum(int(x.sum()) for x in counts))
     dt = np.int32 if (total < 2**31 and n < 2**31) else np.int64
     isz = np.dtype(dt).itemsize
-    guard.check(total * (isz + 1) + (r1 - r0 + 1) * isz,
-                f"the CSR mask of {total:,} pairs at n = {n:,}",
-                "use a sparser pattern or a smaller n")
+    guard.check(total * (isz + 1) + (rows + 1) * isz,
+                f"the CSR mask of {total:,} pairs at n = {n:,}", hint)
     indptr = np.zeros(r1 - r0 + 1, dt)
     if counts:
         np.cumsum(np.concatenate(counts), out=indptr[1:])

@@ -22,7 +22,7 @@ from .errors import PatternNameError, PatternSyntaxError, SpattnError
 MAX_TEXT = 1_000_000  # characters
 MAX_NESTING = 200  # brackets deep
 
-_lock = threading.Lock()
+_lock = threading.RLock()  # prelude_env() builds the parser while holding it
 _parser: Lark | None = None
 
 
@@ -55,6 +55,29 @@ class _Separators:
             yield tok
 
 
+def _cache_path(src: str) -> str | bool:
+    """A private, per-user file for lark's parse tables (building them takes ~60 ms; loading
+    ~5 ms). Lark pickles the tables, so the file lives in a directory only this user can
+    write (never a shared /tmp name); without one, no cache is used."""
+    import hashlib
+    import os
+
+    try:
+        home = os.path.expanduser("~")
+        base = os.environ.get("XDG_CACHE_HOME") or os.path.join(home, ".cache")
+        d = os.path.join(base, "spattn")
+        os.makedirs(d, mode=0o700, exist_ok=True)
+        st = os.stat(d)
+        if st.st_uid != os.getuid() or st.st_mode & 0o022:
+            return False
+        import lark
+
+        h = hashlib.sha256((src + lark.__version__).encode()).hexdigest()[:16]
+        return os.path.join(d, f"grammar-{h}.lark-cache")
+    except (OSError, AttributeError):
+        return False
+
+
 def _get_parser() -> Lark:
     global _parser
     if _parser is None:
@@ -62,7 +85,8 @@ def _get_parser() -> Lark:
             if _parser is None:
                 src = resources.files("spattn.grammar").joinpath("spattn.lark").read_text()
                 _parser = Lark(src, parser="lalr", lexer="basic", propagate_positions=True,
-                               maybe_placeholders=True, postlex=_Separators())
+                               maybe_placeholders=True, postlex=_Separators(),
+                               cache=_cache_path(src))
     return _parser
 
 
@@ -226,9 +250,26 @@ class _Evaluator:
             rest.append(t)
             t = t.children[0]
         acc = self.eval(t, env)
+        pending: list = []  # items of a union/intersection being collected (linear time)
+        kind = None
         for node in reversed(rest):
             rhs = self.eval(node.children[1], env)
+            op = node.data
+            if op in ("union", "inter") and isinstance(acc, ir.Node) \
+                    and isinstance(rhs, ir.Node):
+                cls = ir.Union if op == "union" else ir.Inter
+                if kind is not cls:
+                    if kind is not None:
+                        acc = kind(tuple(pending))
+                    pending, kind = list(_flat(cls, acc)), cls
+                pending.extend(_flat(cls, rhs))
+                acc = cls(())  # placeholder; the real node is built from `pending`
+                continue
+            if kind is not None:
+                acc, kind = kind(tuple(pending)), None
             acc = self._binary(node, acc, rhs)
+        if kind is not None:
+            acc = kind(tuple(pending))
         return acc
 
     def _binary(self, t, a, b):

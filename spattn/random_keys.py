@@ -63,6 +63,9 @@ def row_keys(n: int, r: int, seed: int, rows: np.ndarray) -> np.ndarray:
                 x = np.where(taken, t, x)
             out[:, step] = x
     else:
+        from . import guard
+
+        guard.check(float(n) + R * k * 8.0, f"drawing random({r}) keys at n = {n:,}")
         chunk = max(1, (1 << 25) // n)
         for a in range(0, R, chunk):
             b = min(R, a + chunk)

@@ -7,7 +7,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 from reference import oracle_mask, oracle_random_keys
-from strategies import SIZES, sized_patterns
+from strategies import sized_patterns
 
 import spattn
 from spattn.errors import LoweringError, ResourceError

@@ -42,8 +42,8 @@ def test_installed_wheel_works_outside_the_source_tree(wheel, tmp_path):
                        capture_output=True, text=True, timeout=300)
     assert r.returncode == 0, r.stderr
     code = ("import spattn, spattn.backends as b; p = spattn.compile('strided(4)'); "
-            "assert spattn.__file__.startswith(%r), spattn.__file__; "
-            "print(p, p.nnz(10), sorted(b.names()))" % str(target))
+            f"assert spattn.__file__.startswith({str(target)!r}), spattn.__file__; "
+            "print(p, p.nnz(10), sorted(b.names()))")
     env = {**os.environ, "PYTHONPATH": str(target)}
     r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
                        cwd=tmp_path, env=env, timeout=120)
