@@ -133,8 +133,12 @@ def _syntax_error(text: str, e: UnexpectedInput, label: str = "") -> PatternSynt
         what = "the pattern ends too early"
     elif isinstance(e, UnexpectedToken):
         tok = e.token
-        what = ("the pattern ends too early" if tok.type == "$END"
-                else f"unexpected {str(tok)!r}" if tok.type != "_SEP" else "unexpected end of statement")
+        if tok.type == "$END":
+            what = "the pattern ends too early"
+        elif tok.type == "_SEP":
+            what = "unexpected end of statement"
+        else:
+            what = f"unexpected {str(tok)!r}"
     else:  # pragma: no cover
         what = "syntax error"
     expected = sorted({_TOKEN_NAMES.get(t, t) for t in (getattr(e, "expected", None) or ())
