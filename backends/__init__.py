@@ -8,11 +8,25 @@ A backend is an object with this small, fixed interface::
     def attention(self, q, k, v, patterns, scale) -> torch.Tensor
         # q (B, H, m, D), k/v (B, H, n, D), already validated; patterns: a tuple of H
         # spattn.Pattern (one per head; all equal for a shared pattern); m <= n, queries are
-        # the last m positions. Differentiable with respect to q, k and v.
+        # the last m positions. Differentiable with respect to q, k and v. A query whose row
+        # of the pattern is empty gets a zero output and zero gradients.
 
-Built-in backends live one per file beside this one and are registered lazily by name.
-Third-party backends register through the entry-point group ``spattn.backends``; the entry
-point names a zero-argument callable (or class) returning a backend object.
+Built-in backends live one per file beside this one (``cpu.py``, ``triton_gpu.py``) and are
+imported lazily, on first use. Other backends register in one of two ways:
+
+* in code: ``spattn.backends.register("mine", MyBackend)`` (a backend object, a class, or a
+  zero-argument callable returning a backend);
+* as a package: an entry point in the group ``spattn.backends`` naming such a class or
+  callable, e.g. in ``pyproject.toml``::
+
+      [project.entry-points."spattn.backends"]
+      mine = "my_package.backend:MyBackend"
+
+  Entry points are read the first time the registry is consulted; a plugin that fails to
+  import is left out of :func:`available` and :func:`get` reports its error.
+
+``backend="auto"`` (the default everywhere) picks ``triton`` for CUDA tensors when triton is
+importable and ``cpu`` otherwise; :func:`auto_name` says which for a device.
 """
 
 from __future__ import annotations
@@ -24,11 +38,20 @@ from typing import Any
 
 from spattn.errors import SpattnError
 
+__all__ = ["register", "unregister", "names", "get", "available", "select", "auto_name",
+           "BACKEND_INTERFACE", "ENTRY_POINT_GROUP"]
+
+ENTRY_POINT_GROUP = "spattn.backends"
+"""The entry-point group third-party packages use to register backends."""
+BACKEND_INTERFACE = ("name", "is_available", "supports", "attention")
+"""The attributes every backend object has (see the module docstring)."""
+
 _BUILTIN = {
     "cpu": "spattn.backends.cpu:CPUBackend",
     "triton": "spattn.backends.triton_gpu:TritonBackend",
 }
 _factories: dict[str, Callable[[], Any]] = {}
+_plugins: dict[str, str] = {}  # name -> "dist: module:attr" for error messages
 _instances: dict[str, Any] = {}
 _lock = threading.RLock()
 _entry_points_loaded = False
@@ -39,13 +62,32 @@ def _load_target(target: str):
     return getattr(importlib.import_module(mod), attr)
 
 
+def _is_backend(obj: Any) -> bool:
+    return not isinstance(obj, type) and all(hasattr(obj, a) for a in BACKEND_INTERFACE)
+
+
 def register(name: str, factory: Callable[[], Any] | Any) -> None:
-    """Register a backend under ``name``: a backend object, or a callable making one."""
-    if not isinstance(name, str) or not name.isidentifier():
-        raise SpattnError(f"backend name must be an identifier, got {name!r}")
+    """Register a backend under ``name``: a backend object, a backend class, or a
+    zero-argument callable returning a backend. Replaces an earlier registration (including a
+    built-in or entry-point backend of the same name) for this process."""
+    if not isinstance(name, str) or not name.isidentifier() or name == "auto":
+        raise SpattnError(f"backend name must be an identifier other than 'auto', got "
+                          f"{name!r}")
+    if not (_is_backend(factory) or callable(factory)):
+        raise SpattnError(f"register({name!r}, ...) needs a backend object (with "
+                          f"{', '.join(BACKEND_INTERFACE)}), a class or a callable; got "
+                          f"{type(factory).__name__}")
     with _lock:
-        _factories[name] = factory if callable(factory) and not hasattr(factory, "attention") \
-            else (lambda f=factory: f)
+        _factories[name] = (lambda f=factory: f) if _is_backend(factory) else factory
+        _plugins.pop(name, None)
+        _instances.pop(name, None)
+
+
+def unregister(name: str) -> None:
+    """Forget a backend registered with :func:`register` (built-ins cannot be removed)."""
+    with _lock:
+        _factories.pop(name, None)
+        _plugins.pop(name, None)
         _instances.pop(name, None)
 
 
@@ -59,41 +101,65 @@ def _load_entry_points() -> None:
         _entry_points_loaded = True
         from importlib.metadata import entry_points
 
-        for ep in entry_points(group="spattn.backends"):
-            if ep.name not in _factories and ep.name not in _BUILTIN:
-                _factories[ep.name] = ep.load
+        try:
+            eps = list(entry_points(group=ENTRY_POINT_GROUP))
+        except Exception:  # noqa: BLE001 - broken metadata must not break spattn
+            return
+        for ep in eps:
+            if ep.name in _factories or ep.name in _BUILTIN or not ep.name.isidentifier() \
+                    or ep.name == "auto":
+                continue
+            _factories[ep.name] = ep.load
+            dist = getattr(getattr(ep, "dist", None), "name", None)
+            _plugins[ep.name] = f"{dist + ': ' if dist else ''}{ep.value}"
 
 
 def names() -> list[str]:
-    """Every registered backend name, available or not."""
+    """Every registered backend name (built-in, registered, entry points), available or
+    not."""
     _load_entry_points()
     return sorted(set(_BUILTIN) | set(_factories))
 
 
 def get(name: str):
-    """The backend object registered under ``name``."""
+    """The backend object registered under ``name`` (created once, then shared).
+
+    Raises :class:`SpattnError` for an unknown name, for a plugin that fails to load, and for
+    an object that lacks the backend interface."""
+    if not isinstance(name, str):
+        raise SpattnError(f"a backend name must be text, got {type(name).__name__}: {name!r}")
     _load_entry_points()
     with _lock:
         if name in _instances:
             return _instances[name]
-        if name in _factories:
-            f = _factories[name]
-        elif name in _BUILTIN:
-            f = _load_target(_BUILTIN[name])
-        else:
-            raise SpattnError(f"unknown backend {name!r}; known: {', '.join(names())}")
-        obj = f()
-        if callable(obj) and not hasattr(obj, "attention"):
-            obj = obj()
-        for attr in ("name", "is_available", "supports", "attention"):
-            if not hasattr(obj, attr):
-                raise SpattnError(f"backend {name!r} lacks {attr!r} (see spattn.backends)")
+        where = f"plugin {_plugins[name]!r}" if name in _plugins else "registration"
+        try:
+            if name in _factories:
+                obj = _factories[name]()
+            elif name in _BUILTIN:
+                obj = _load_target(_BUILTIN[name])
+            else:
+                raise SpattnError(f"unknown backend {name!r}; known: {', '.join(names())}")
+            if isinstance(obj, type) or (callable(obj) and not _is_backend(obj)):
+                obj = obj()  # an entry point or factory naming a class or a factory
+        except SpattnError:
+            raise
+        except ImportError as e:
+            raise SpattnError(f"backend {name!r} cannot be imported ({where}): {e}") from e
+        except Exception as e:  # noqa: BLE001 - a plugin's own failure, reported with its name
+            raise SpattnError(f"backend {name!r} failed to load ({where}): "
+                              f"{type(e).__name__}: {e}") from e
+        missing = [a for a in BACKEND_INTERFACE if not hasattr(obj, a)]
+        if missing:
+            raise SpattnError(f"backend {name!r} lacks {', '.join(map(repr, missing))} (see "
+                              "spattn.backends for the interface)")
         _instances[name] = obj
         return obj
 
 
 def available() -> list[str]:
-    """Names of the backends that can run in this process."""
+    """Names of the backends that can run in this process (importable, and whose
+    ``is_available()`` is true)."""
     out = []
     for n in names():
         try:
@@ -104,15 +170,38 @@ def available() -> list[str]:
     return out
 
 
+def _usable(name: str) -> bool:
+    try:
+        return bool(get(name).is_available())
+    except Exception:  # noqa: BLE001
+        return False
+
+
+def auto_name(device: Any = "cpu") -> str:
+    """The backend ``backend="auto"`` picks for tensors on ``device`` (a ``torch.device`` or
+    its text): ``"triton"`` for CUDA when triton is importable and runs, else ``"cpu"``."""
+    if str(getattr(device, "type", device)).split(":")[0] == "cuda" and _usable("triton"):
+        return "triton"
+    return "cpu"
+
+
 def select(name: str, q) -> Any:
     """Resolve ``backend=`` for tensor ``q``: ``"auto"`` picks triton for CUDA tensors when it
-    is importable, cpu otherwise."""
+    is importable, cpu otherwise; any other name must be registered, available and support
+    ``q``'s device and dtype."""
+    if not isinstance(name, str):
+        raise SpattnError(f"backend must be a name, got {type(name).__name__}: {name!r}")
     if name == "auto":
         if getattr(q, "is_cuda", False):
-            tr = get("triton")
-            if tr.is_available() and tr.supports(q):
-                return tr
-            raise SpattnError("no backend for CUDA tensors: install triton (pip install triton)")
+            if _usable("triton"):
+                tr = get("triton")
+                if tr.supports(q):
+                    return tr
+            cpu = get("cpu")
+            if cpu.supports(q):
+                return cpu
+            raise SpattnError(f"no backend runs CUDA tensors of dtype {q.dtype} here: install "
+                              "triton (pip install triton) or move the tensors to the CPU")
         return get("cpu")
     b = get(name)
     if not b.is_available():
