@@ -188,3 +188,37 @@ def test_concurrent_compile_and_lower_matches_serial():
         parallel = list(ex.map(work, texts))
     serial = [work(t) for t in texts]
     assert parallel == serial
+
+
+YAML_BOMB = "".join(
+    f"{c}: &{c} [{', '.join([f'*{p}'] * 9) if p else ', '.join(['x'] * 9)}]\n"
+    for p, c in zip([""] + list("abcdefg"), "abcdefgh")) + "patterns: {x: local(1)}\n"
+
+
+@pytest.mark.parametrize("text,match", [
+    (YAML_BOMB, "unknown key"),
+    ("patterns: !!python/object:os.system {}", "unsupported YAML tag"),
+    ("patterns:\n  a: b\n  b: a\n", "cycle: a -> b -> a"),
+    ("patterns: {x: 'locl(3)'}\n", "did you mean 'local'"),
+    ("- [" * 5000, "invalid YAML"),
+    ("patterns: {x: " + "(" * 300 + "causal" + ")" * 300 + "}", "nests brackets 300 deep"),
+    ("patterns: {x: local(1)}\n" + "#" * (5 << 20), "limit for a config"),
+])
+def test_yaml_corpus(text, match):
+    from spattn.config import loads
+
+    t = time.perf_counter()
+    with pytest.raises(spattn.ConfigError, match=match):
+        loads(text)
+    assert time.perf_counter() - t < 2
+
+
+@settings(max_examples=100)
+@given(st.text(max_size=200))
+def test_yaml_arbitrary_text(text):
+    from spattn.config import loads
+
+    try:
+        loads(text)
+    except SpattnError:
+        pass
