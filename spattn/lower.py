@@ -28,7 +28,6 @@ from .random_keys import row_keys
 MAX_DENSE_N = 16_384  #: largest n that ``to_dense`` accepts (a 256 MiB boolean matrix)
 MAX_N = 2**31 - 1  #: largest sequence length that can be lowered
 CHUNK_INTERVALS = 1 << 21  #: target number of intervals per chunk of rows
-_CACHE_INTERVALS = 16 << 20  #: keep pass-1 intervals (24 bytes each) up to this many
 
 _EMPTY = np.zeros(0, np.int64)
 
@@ -239,6 +238,58 @@ def _runs_in_window(i, starts, ends, clo, chi):
 
 
 _SINGLE = {"local", "window", "causal", "full", "none", "sink", "block", "rows"}
+_PROGRESSION = {"stride", "dilated"}
+
+
+def progression(name: str, a: tuple, n: int, i, clo, chi):
+    """``(first, count, step)`` per row of a ``stride`` or ``dilated`` primitive within
+    ``[clo, chi)``; ``None`` when the step is 1 (the primitive is then an interval)."""
+    if name == "stride":
+        s = min(a[0], n)
+        if s == 1:
+            return None
+        first = clo + (i - clo) % s
+        return first, np.maximum((chi - first + s - 1) // s, 0), s
+    w, d = min(a[0], n), min(a[1], n)
+    if d == 1 or w == 0:
+        return None
+    kmin = np.maximum(-w, -((i - clo) // d))
+    kmax = np.minimum(w, (chi - 1 - i) // d)
+    return i + d * kmin, np.maximum(kmax - kmin + 1, 0), d
+
+
+def _union_progression_interval(i, first, count, step, a, b):
+    """Normal form of (progression ∪ interval [a, b)) per row, built directly: the points
+    before the interval, the interval (grown by a touching point on either side), the points
+    after. No sort, no merge."""
+    has = a < b
+    # points strictly below a / below b
+    ka = np.where(has, np.clip(-((first - a) // step), 0, count), count)
+    kb = np.where(has, np.clip(-((first - b) // step), 0, count), count)
+    # a point at a - 1 or at b touches the interval: absorb it
+    t_lo = has & (ka > 0) & (first + (ka - 1) * step == a - 1)
+    a = np.where(t_lo, a - 1, a)
+    ka = ka - t_lo
+    t_hi = has & (kb < count) & (first + kb * step == b)
+    b = np.where(t_hi, b + 1, b)
+    kb = kb + t_hi
+    hv = has.astype(np.int64)
+    per = ka + hv + (count - kb)
+    total = int(per.sum())
+    if total == 0:
+        return _EMPTY, _EMPTY, _EMPTY
+    offs = np.cumsum(per) - per
+    t = np.arange(total, dtype=np.int64) - np.repeat(offs, per)
+    ka_r, kb_r, f_r = np.repeat(ka, per), np.repeat(kb, per), np.repeat(first, per)
+    hv_r = np.repeat(hv, per)
+    kk = np.where(t < ka_r, t, kb_r + t - ka_r - hv_r)
+    lo = f_r + kk * step
+    hi = lo + 1
+    iv = (t == ka_r) & (hv_r == 1)
+    if iv.any():
+        lo[iv] = np.repeat(a, per)[iv]
+        hi[iv] = np.repeat(b, per)[iv]
+    return np.repeat(i, per), lo, hi
 
 
 def single_interval(name: str, a: tuple, n: int, i: np.ndarray):
@@ -281,19 +332,14 @@ def prim_rows(name: str, a: tuple, n: int, r0: int, r1: int, clip=None):
     if name in _SINGLE:
         lo, hi = single_interval(name, a, n, i)
         return _per_row(i, np.maximum(lo, clo), np.minimum(hi, chi))
-    if name == "stride":
-        s = min(a[0], n)
-        if s == 1:
-            return _per_row(i, clo, chi)
-        first = clo + (i - clo) % s
-        return _progression(i, first, (chi - first + s - 1) // s, s)
-    if name == "dilated":
-        w, d = min(a[0], n), min(a[1], n)
-        if d == 1 or w == 0:
-            return prim_rows("local", (w if d == 1 else 0,), n, r0, r1, clip)
-        kmin = np.maximum(-w, -((i - clo) // d))
-        kmax = np.minimum(w, (chi - 1 - i) // d)
-        return _progression(i, i + d * kmin, kmax - kmin + 1, d)
+    if name in ("stride", "dilated"):
+        prog = progression(name, a, n, i, clo, chi)
+        if prog is None:  # step 1: an interval
+            if name == "stride":
+                return _per_row(i, clo, chi)
+            w = min(a[0], n) if min(a[1], n) == 1 else 0
+            return prim_rows("local", (w,), n, r0, r1, clip)
+        return _progression(i, *prog)
     if name == "fixed":
         l, c = a
         if l >= n or c == l:
@@ -340,6 +386,25 @@ def _is_single(b: Bound) -> bool:
     return b.kind == "prim" and b.name in _SINGLE
 
 
+def _union_fast(b: Bound, n, r0, r1, clip):
+    """``stride``/``dilated`` ∪ a single-interval primitive, without a merge."""
+    x, y = b.items
+    if _is_single(x) and y.kind == "prim" and y.name in _PROGRESSION:
+        x, y = y, x
+    if not (x.kind == "prim" and x.name in _PROGRESSION and _is_single(y)):
+        return None
+    i = np.arange(r0, r1, dtype=np.int64)
+    if clip is None:
+        clo, chi = np.zeros(len(i), np.int64), np.full(len(i), n, np.int64)
+    else:
+        clo, chi = clip
+    prog = progression(x.name, x.args, n, i, clo, chi)
+    if prog is None:
+        return None
+    lo, hi = single_interval(y.name, y.args, n, i)
+    return _union_progression_interval(i, *prog, np.maximum(lo, clo), np.minimum(hi, chi))
+
+
 def eval_rows(b: Bound, n: int, r0: int, r1: int, clip=None):
     """Normal-form intervals ``(row, lo, hi)`` of a bound pattern for rows ``r0:r1``, within
     the per-row window ``clip = (clo, chi)`` if given.
@@ -370,6 +435,10 @@ def eval_rows(b: Bound, n: int, r0: int, r1: int, clip=None):
         if any(len(p[1]) == 0 for p in parts):
             return _EMPTY, _EMPTY, _EMPTY
         return sweep(parts, [1] * k, lambda s: s == k, n)
+    if b.kind == "union" and len(b.items) == 2:
+        fast = _union_fast(b, n, r0, r1, clip)
+        if fast is not None:
+            return fast
     parts = [eval_rows(x, n, r0, r1, clip) for x in b.items]
     if b.kind == "union":
         return union(parts, n)
@@ -419,9 +488,12 @@ def row_intervals(node: ir.Node, n: int, r0: int = 0, r1: int | None = None):
 
 
 def _row_counts(row, lo, hi, a, c):
+    """Pairs per row of rows a:c, from intervals sorted by row."""
     if len(lo) == 0:
         return np.zeros(c - a, np.int64)
-    return np.bincount(row - a, weights=hi - lo, minlength=c - a).astype(np.int64)
+    cl = np.zeros(len(lo) + 1, np.int64)
+    np.cumsum(hi - lo, out=cl[1:])
+    return np.diff(cl[np.searchsorted(row, np.arange(a, c + 1))])
 
 
 def nnz(node: ir.Node, n: int) -> int:
@@ -432,6 +504,9 @@ def nnz(node: ir.Node, n: int) -> int:
 def _expand_into(out: np.ndarray, lo: np.ndarray, hi: np.ndarray) -> None:
     """Write the columns of consecutive intervals into ``out`` (len = total length)."""
     if len(lo) == 0:
+        return
+    if len(lo) == len(out):  # all singletons
+        out[:] = lo
         return
     lens = hi - lo
     starts = np.cumsum(lens) - lens
@@ -464,7 +539,8 @@ def csr_rows(node: ir.Node, n: int, r0: int = 0, r1: int | None = None):
             guard.check(total * 5.0 + rows * 8.0,
                         f"{what} ({done}{total:,} pairs)", hint)
         kept += len(lo)
-        cached.append((a, c, lo, hi) if kept <= _CACHE_INTERVALS else (a, c, None, None))
+        keep = kept * 16 <= guard.memory_budget() // 4
+        cached.append((a, c, lo, hi) if keep else (a, c, None, None))
     dt = np.int32 if (total < 2**31 and n < 2**31) else np.int64
     isz = np.dtype(dt).itemsize
     guard.check(total * (isz + 1) + (rows + 1) * isz,

@@ -136,7 +136,7 @@ def test_to_dense_refuses_large_n():
 def test_memory_budget_refuses_with_estimate():
     spattn.set_memory_budget(1 << 20)
     try:
-        with pytest.raises(ResourceError, match=r"CSR mask of .* pairs.*MiB"):
+        with pytest.raises(ResourceError, match=r"CSR mask .* pairs.*MiB"):
             spattn.compile("full").to_csr(4096)
     finally:
         spattn.set_memory_budget(None)
