@@ -10,7 +10,7 @@ canonical printing (``text``), whose output parses back to an equal node.
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Union as _U
 
 import numpy as np
@@ -46,17 +46,27 @@ class BinOp(IntExpr):
     op: str  # one of + - * // %
     a: IntExpr
     b: IntExpr
+    depth: int = field(default=1, compare=False, repr=False)
 
 
 @dataclass(frozen=True, slots=True)
 class Neg(IntExpr):
     a: IntExpr
+    depth: int = field(default=1, compare=False, repr=False)
 
 
 @dataclass(frozen=True, slots=True)
 class Func(IntExpr):
     name: str  # sqrt, log2, min, max
     args: tuple[IntExpr, ...]
+    depth: int = field(default=1, compare=False, repr=False)
+
+
+MAX_EXPR_DEPTH = 64  #: deepest argument expression accepted (evaluation recurses)
+
+
+def expr_depth(e: IntExpr) -> int:
+    return getattr(e, "depth", 0)
 
 
 FUNCTIONS = {"sqrt": 1, "log2": 1, "min": 2, "max": 2}
@@ -129,26 +139,16 @@ def evaluate(e: IntExpr, n: int) -> int:
 
 
 def fold(e: IntExpr) -> IntExpr:
-    """Constant-fold an expression whose leaves are all constants (errors are left for
-    evaluation, so that they name the sequence length)."""
+    """Constant-fold the top of an expression whose children are already folded (errors are
+    left for evaluation, so that they name the sequence length)."""
     if isinstance(e, (Const, SeqLen)):
         return e
-    if isinstance(e, Neg):
-        a = fold(e.a)
-        return Const(-a.value) if isinstance(a, Const) else Neg(a)
-    if isinstance(e, BinOp):
-        a, b = fold(e.a), fold(e.b)
-        out = BinOp(e.op, a, b)
-    elif isinstance(e, Func):
-        out = Func(e.name, tuple(fold(x) for x in e.args))
-    else:
-        raise TypeError(e)
-    if all(isinstance(x, Const) for x in _children(out)):
+    if all(isinstance(x, Const) for x in _children(e)):
         try:
-            return Const(evaluate(out, 0))
+            return Const(evaluate(e, 0))
         except ArgumentError:
-            return out
-    return out
+            return e
+    return e
 
 
 def _children(e: IntExpr) -> tuple[IntExpr, ...]:

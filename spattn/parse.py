@@ -9,6 +9,7 @@ Every error is a :class:`~spattn.errors.SpattnError` that shows the text with a 
 from __future__ import annotations
 
 import difflib
+import re
 import threading
 from dataclasses import dataclass, field
 from importlib import resources
@@ -289,7 +290,7 @@ class _Evaluator:
         if op in _ARITH and isinstance(a, ir.IntExpr) and isinstance(b, ir.IntExpr):
             if op in ("floordiv", "mod") and isinstance(b, ir.Const) and b.value == 0:
                 self.fail(f"division by zero in `{ir.int_text(a)} {_OPSYM[op]} 0`", t.meta)
-            return ir.fold(ir.BinOp(_ARITH[op], a, b))
+            return ir.fold(ir.BinOp(_ARITH[op], a, b, self._depth(t, a, b)))
         sym = _OPSYM[op]
         hint = ""
         if op in ("union", "inter"):
@@ -298,13 +299,20 @@ class _Evaluator:
             hint = f"; `{sym}` is integer arithmetic, for arguments"
         self.fail(f"`{sym}` cannot combine {_kind(a)} with {_kind(b)}{hint}", t.meta)
 
+    def _depth(self, where, *children) -> int:
+        d = 1 + max((ir.expr_depth(c) for c in children), default=0)
+        if d > ir.MAX_EXPR_DEPTH:
+            self.fail(f"argument expression is nested {d} operations deep; the limit is "
+                      f"{ir.MAX_EXPR_DEPTH}", getattr(where, "meta", where), PatternSyntaxError)
+        return d
+
     def _unary(self, t, v):
         if t.data == "invert":
             if isinstance(v, ir.Node):
                 return v.a if isinstance(v, ir.Not) else ir.Not(v)
             self.fail(f"`~` (complement) needs a pattern, got {_kind(v)}", t.meta)
         if isinstance(v, ir.IntExpr):
-            return ir.fold(ir.Neg(v)) if t.data == "neg" else v
+            return ir.fold(ir.Neg(v, self._depth(t, v))) if t.data == "neg" else v
         sym = "-" if t.data == "neg" else "+"
         self.fail(f"unary `{sym}` needs an integer, got {_kind(v)}; "
                   "use `~p` for a complement", t.meta)
@@ -378,7 +386,7 @@ class _Evaluator:
                 if not isinstance(v, ir.IntExpr):
                     self.fail(f"{name}() needs integer arguments, got {_kind(v)}", c.meta)
                 args.append(v)
-            return ir.fold(ir.Func(name, tuple(args)))
+            return ir.fold(ir.Func(name, tuple(args), self._depth(tok, *args)))
         if name in ir.PRIMITIVES:
             pos, kw = self._args(t, env)
             return self._prim(ir.PRIMITIVES[name], pos, kw, tok)
@@ -584,10 +592,36 @@ def prelude_env() -> Env:
     return _prelude_env
 
 
+_LONG_LIST = re.compile(r"\[[ \t]*-?[0-9]+(?:[ \t]*,[ \t]*-?[0-9]+){15,}[ \t]*,?[ \t]*\]")
+
+
+def _lift_long_lists(text: str) -> tuple[str, dict]:
+    """Replace long literal index lists (16+ integers on one line) by same-length names bound
+    to the list: LALR parsing costs ~10 µs a token, and a 100,000-entry list would otherwise
+    take seconds. Columns of everything else are unchanged, so carets stay right."""
+    if text.count(",") < 15:
+        return text, {}
+    lists: dict = {}
+
+    def sub(m: re.Match) -> str:
+        name = f"_spattn_list_{len(lists)}"
+        if len(name) > len(m.group(0)):
+            return m.group(0)
+        vals = [int(x) for x in re.findall(r"-?[0-9]+", m.group(0))]
+        lists[name] = ir.IndexList(tuple(ir.Const(v) for v in vals))
+        return name.ljust(len(m.group(0)))
+
+    return _LONG_LIST.sub(sub, text), lists
+
+
 def parse_program(text: str, env: Env | None = None, label: str = "") -> ir.Node:
     """Parse and evaluate a pattern program; returns the (raw) pattern node."""
-    tree = _parse_tree(text, label)
+    if not isinstance(text, str):
+        raise PatternSyntaxError(f"pattern text must be a str, got {type(text).__name__}")
+    lifted, lists = _lift_long_lists(text) if len(text) <= MAX_TEXT else (text, {})
+    tree = _parse_tree(lifted, label)
     env = (env or prelude_env()).child()
+    env.values.update(lists)
     try:
         return _Evaluator(text, label).run(tree, env)
     except RecursionError:

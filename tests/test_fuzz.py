@@ -100,6 +100,13 @@ def test_ir_built_through_operators(data):
     assert spattn.compile(str(acc)) == acc
 
 
+def _squares(d: int) -> str:
+    e = "n"
+    for _ in range(d):
+        e = f"({e}) * ({e})"
+    return e
+
+
 BIG_UNION = " | ".join(f"local({i % 50})" for i in range(10_000))  # ~100 KB
 CORPUS = [
     # (text, n, expected outcome)
@@ -114,8 +121,10 @@ CORPUS = [
     ("random(" + "9" * 30 + ")", 10, "ok"),
     ("fixed(" + "9" * 40 + ", 3)", 10, "ok"),
     ("cols([" + "9" * 40 + "])", 10, "LoweringError"),
-    ("local(" + "n * " * 2000 + "n)", 10, "LoweringError"),
-    ("local(n" + " + n" * 20_000 + ")", 10, "ok"),
+    ("local(" + "n * " * 2000 + "n)", 10, "PatternSyntaxError"),   # expression depth limit
+    ("local(n" + " + n" * 20_000 + ")", 10, "PatternSyntaxError"),
+    ("local(" + "n * " * 40 + "n)", 10, "ok"),                       # 10**41 clamps to n
+    ("local(" + _squares(9) + ")", 10**9, "LoweringError"),  # n**512: over 4096 bits
     ("local(６４)", 10, "PatternSyntaxError"),
     ("locaI(3)", 10, "PatternNameError"),  # capital I for l
     ("local(3)\x00", 10, "PatternSyntaxError"),
