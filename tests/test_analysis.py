@@ -12,7 +12,7 @@ from hypothesis import strategies as st
 
 import spattn
 from spattn import analysis
-from tests.reference import oracle_mask
+from reference import oracle_mask
 
 # --------------------------------------------------------------------------------------------
 # Brute-force references (dense, small n)

@@ -1,0 +1,578 @@
+"""The Triton backend: block-sparse attention kernels driven by :class:`spattn.BlockLayout`.
+
+In: q (B, H, m, D), k and v (B, H, n, D) on CUDA (or CPU tensors under ``TRITON_INTERPRET=1``,
+which is how CI runs these kernels without a GPU), one pattern per head, a scale. Out: the
+attention output, differentiable through Triton backward kernels.
+
+How: each distinct pattern is lowered once per (n, m, block shape) to a block layout (cached)
+and to a generated Triton predicate for its partial tiles (:mod:`._triton_codegen`). The
+forward kernel runs an online softmax over a query block's full key blocks (no mask) and then
+its partial ones (predicate), and saves the log-sum-exp; the backward computes dq over the
+layout's rows and dk, dv over its transpose (no atomics). Heads sharing a pattern share one
+launch. fp16, bf16 and fp32 (tf32 off: ``input_precision="ieee"``); any head dimension up to
+256 (padded to a power of two ≥ 16); empty rows give zero output and zero gradients.
+
+Stride lowering: a pattern ``[causal &] (stride(s) | R)`` is split into ``[causal &] R`` and
+``[causal &] stride(s) - R`` (disjoint). The second part runs on q, k, v gathered into the
+order sorted by (position mod s, position), where a stride's pairs form dense diagonal blocks
+instead of touching every tile; the two partial results are merged by their log-sum-exp, and
+the backward runs both parts with the merged statistics (gradients add). This is chosen only
+when it needs under half the tiles (:func:`_decompose`); ``SPATTN_TRITON_PERMUTE=0`` turns it
+off. Tile shapes come from :func:`block_shape`, or are timed per shape with
+``SPATTN_TRITON_AUTOTUNE=1`` (:data:`CANDIDATES`).
+"""
+
+from __future__ import annotations
+
+import functools
+import math
+import os
+import threading
+from typing import Any
+
+import numpy as np
+
+from spattn.errors import ShapeError
+
+_SUPPORTED = ("float16", "bfloat16", "float32")
+_lock = threading.Lock()
+
+
+def interpreting() -> bool:
+    """True when Triton runs kernels on the CPU interpreter (``TRITON_INTERPRET=1``)."""
+    return os.environ.get("TRITON_INTERPRET", "0") not in ("", "0")
+
+
+def _triton_ok() -> bool:
+    try:
+        import triton  # noqa: F401
+        import triton.language  # noqa: F401
+    except Exception:  # noqa: BLE001 - any import failure means unavailable
+        return False
+    return True
+
+
+def block_shape(D: int, dtype: Any, device_type: str) -> tuple[int, int, int, int]:
+    """(block_q, block_k, num_warps, num_stages) for head dim ``D``. Environment overrides:
+    ``SPATTN_TRITON_BLOCK=BQxBK``."""
+    env = os.environ.get("SPATTN_TRITON_BLOCK")
+    if env:
+        try:
+            bq, bk = (int(x) for x in env.lower().split("x"))
+        except ValueError:
+            raise ShapeError(f"SPATTN_TRITON_BLOCK={env!r} is not BQxBK (e.g. 128x64)") from None
+        return bq, bk, 4, 2
+    if device_type != "cuda":  # interpreter: few, mid-sized tiles keep numpy efficient
+        return 64, 64, 4, 1
+    if D <= 64:
+        return 128, 64, 4, 3
+    return 128, 64, 8, 2
+
+
+@functools.lru_cache(maxsize=32)
+def _layout(pattern, n: int, m: int, bq: int, bk: int):
+    from spattn.blocks import to_blocks
+
+    return to_blocks(pattern, n, block_size=bq, key_block_size=bk, m=m)
+
+
+class _Plan:
+    """Device tensors for one (pattern, n, m, block shape, device)."""
+
+    def __init__(self, pattern, n, m, bq, bk, device):
+        import torch
+
+        from ._triton_codegen import kernel_module, mask_params
+
+        L = _layout(pattern, n, m, bq, bk)
+        self.layout = L
+
+        def t(x):
+            return torch.from_numpy(np.ascontiguousarray(x, dtype=np.int32)).to(device)
+
+        self.fwd = [t(L.full_ptr), t(L.full_idx if len(L.full_idx) else np.zeros(1)),
+                    t(L.part_ptr), t(L.part_idx if len(L.part_idx) else np.zeros(1))]
+        self._bwd = None
+        self._t = t
+        prm, tab = mask_params(pattern.node, n)
+        self.prm, self.tab = t(prm), t(tab)
+        self.mod = kernel_module(pattern.node)
+
+    @property
+    def bwd(self):
+        """The transposed layout (key block -> query blocks) on the device. On CUDA it is
+        sorted there (a stable radix sort of the forward lists); elsewhere numpy's."""
+        if self._bwd is None:
+            L, t = self.layout, self._t
+            if self.fwd[0].device.type == "cuda":
+                self._bwd = [*_device_transpose(self.fwd[0], self.fwd[1], L.num_full,
+                                                L.num_k_blocks),
+                             *_device_transpose(self.fwd[2], self.fwd[3], L.num_partial,
+                                                L.num_k_blocks)]
+            else:
+                self._bwd = [t(L.full_t_ptr),
+                             t(L.full_t_idx if len(L.full_t_idx) else np.zeros(1)),
+                             t(L.part_t_ptr),
+                             t(L.part_t_idx if len(L.part_t_idx) else np.zeros(1))]
+        return self._bwd
+
+
+def _device_transpose(ptr, idx, count: int, nkb: int):
+    import torch
+
+    dev = ptr.device
+    tptr = torch.zeros(nkb + 1, dtype=torch.int32, device=dev)
+    if count == 0:
+        return tptr, torch.zeros(1, dtype=torch.int32, device=dev)
+    idx = idx[:count].long()
+    nqb = ptr.numel() - 1
+    rows = torch.repeat_interleave(torch.arange(nqb, device=dev), (ptr[1:] - ptr[:-1]).long(),
+                                   output_size=count)
+    order = torch.sort(idx, stable=True).indices
+    tptr[1:] = torch.cumsum(torch.bincount(idx, minlength=nkb), 0).to(torch.int32)
+    return tptr, rows[order].to(torch.int32).contiguous()
+
+
+_plans: dict = {}
+
+
+def _plan(pattern, n, m, bq, bk, device) -> _Plan:
+    key = (pattern, n, m, bq, bk, str(device))
+    with _lock:
+        p = _plans.get(key)
+    if p is None:
+        p = _Plan(pattern, n, m, bq, bk, device)
+        with _lock:
+            if len(_plans) > 32:
+                _plans.clear()
+            _plans[key] = p
+    return p
+
+
+_heads_cache: dict = {}
+
+
+def _heads(heads: list[int], device, dtype_name: str = "int32"):
+    """Head-index tensors on the device, cached (no host-to-device copy per call)."""
+    import torch
+
+    key = (tuple(heads), str(device), dtype_name)
+    t = _heads_cache.get(key)
+    if t is None:
+        if len(_heads_cache) > 1024:
+            _heads_cache.clear()
+        t = _heads_cache[key] = torch.tensor(heads, dtype=getattr(torch, dtype_name),
+                                             device=device)
+    return t
+
+
+def _groups(patterns) -> list[tuple[Any, list[int]]]:
+    out: dict = {}
+    for h, p in enumerate(patterns):
+        out.setdefault(p, []).append(h)
+    return list(out.items())
+
+
+def _prec(dtype) -> str:
+    import torch
+
+    return "ieee" if dtype == torch.float32 else "tf32"
+
+
+def _upcast(dtype) -> bool:
+    """The CPU interpreter has no bfloat16 matmul: compute bf16 tiles in fp32 there."""
+    import torch
+
+    return interpreting() and dtype == torch.bfloat16
+
+
+class _PermPlan:
+    """The stride part of a pattern run in a permuted order (see :func:`_decompose`): query
+    and key positions sorted by (position mod s, position), so that pairs with
+    ``i ≡ j (mod s)`` fall in dense diagonal blocks. The layout is a superset of the touched
+    tiles (all treated as partial); the generated predicate, evaluated at the original
+    positions read from ``QPOS``/``KPOS``, keeps it exact."""
+
+    def __init__(self, pattern, s, causal, n, m, bq, bk, device):
+        import torch
+
+        from ._triton_codegen import kernel_module, mask_params
+
+        off = n - m
+        pq = np.arange(off, n, dtype=np.int64)
+        pk = np.arange(n, dtype=np.int64)
+        self.qperm = np.lexsort((pq, pq % s))
+        self.kperm = np.lexsort((pk, pk % s))
+        qpos, kpos = pq[self.qperm], pk[self.kperm]
+        self.num_q_blocks = (m + bq - 1) // bq
+        self.num_k_blocks = (n + bk - 1) // bk
+        qa, kc = _class_tile_pairs(qpos, kpos, s, bq, bk, causal, self.num_k_blocks)
+        ptr = np.zeros(self.num_q_blocks + 1, np.int64)
+        np.cumsum(np.bincount(qa, minlength=self.num_q_blocks), out=ptr[1:])
+        order = np.argsort(kc, kind="stable")
+        tptr = np.zeros(self.num_k_blocks + 1, np.int64)
+        np.cumsum(np.bincount(kc, minlength=self.num_k_blocks), out=tptr[1:])
+
+        def t(x):
+            x = np.asarray(x)
+            return torch.from_numpy(np.ascontiguousarray(
+                x if len(x) else np.zeros(1), dtype=np.int32)).to(device)
+
+        zq, zk = np.zeros(self.num_q_blocks + 1), np.zeros(self.num_k_blocks + 1)
+        self.fwd = [t(zq), t([]), t(ptr), t(kc)]
+        self.bwd = [t(zk), t([]), t(tptr), t(qa[order])]
+        self.qpos, self.kpos = t(qpos), t(kpos)
+        self.qperm_t = torch.from_numpy(self.qperm).to(device)
+        self.kperm_t = torch.from_numpy(self.kperm).to(device)
+        self.qinv_t = torch.from_numpy(np.argsort(self.qperm)).to(device)
+        self.kinv_t = torch.from_numpy(np.argsort(self.kperm)).to(device)
+        prm, tab = mask_params(pattern.node, n)
+        self.prm, self.tab = t(prm), t(tab)
+        self.mod = kernel_module(pattern.node)
+        self.tiles = len(kc)
+
+
+def _class_tile_pairs(qpos, kpos, s, bq, bk, causal, nkb):
+    """Tiles (query block, key block) of the permuted order holding some same-class pair
+    (with j <= i when ``causal``): per tile, the runs of one class give segments
+    (class, first position, last position); segments of equal class are joined."""
+
+    def segments(pos, b):
+        tile = np.arange(len(pos)) // b
+        cls = pos % s
+        start = np.ones(len(pos), bool)
+        start[1:] = (tile[1:] != tile[:-1]) | (cls[1:] != cls[:-1])
+        idx = np.flatnonzero(start)
+        last = np.append(idx[1:], len(pos)) - 1
+        return tile[idx], cls[idx], pos[idx], pos[last]
+
+    qt, qc, qlo, qhi = segments(qpos, bq)
+    kt, kcl, klo, khi = segments(kpos, bk)
+    # key segments are sorted by class: the range of each class
+    k0 = np.searchsorted(kcl, qc, side="left")
+    k1 = np.searchsorted(kcl, qc, side="right")
+    cnt = k1 - k0
+    tot = int(cnt.sum())
+    offs = np.cumsum(cnt) - cnt
+    kk = np.arange(tot, dtype=np.int64) - np.repeat(offs, cnt) + np.repeat(k0, cnt)
+    qq = np.repeat(np.arange(len(qt)), cnt)
+    if causal:
+        ok = klo[kk] <= qhi[qq]
+        kk, qq = kk[ok], qq[ok]
+    key = np.unique(qt[qq] * nkb + kt[kk])
+    return key // nkb, key % nkb
+
+
+def _decompose(pattern, n: int, m: int, bq: int, bk: int | None = None):
+    """See :func:`_decompose_cached` (cached per pattern, sizes and the env switch)."""
+    return _decompose_cached(pattern, n, m, bq, bq if bk is None else bk,
+                             os.environ.get("SPATTN_TRITON_PERMUTE", "1"))
+
+
+@functools.lru_cache(maxsize=256)
+def _decompose_cached(pattern, n: int, m: int, bq: int, bk: int, switch: str):
+    """``[causal &] (stride(s) | R)`` with a constant s splits into ``[causal &] R`` (the
+    ordinary layout) and ``[causal &] stride(s) - R`` (run in the permuted order): a disjoint
+    union, merged by log-sum-exp. Chosen when the permuted order needs under half the tiles
+    the stride touches in the original order (every tile when s <= bq + bk - 1). None
+    otherwise."""
+    from spattn import ir
+    from spattn.pattern import Pattern
+
+    if switch in ("0", ""):
+        return None
+    node, causal = pattern.node, False
+    if isinstance(node, ir.Inter) and len(node.items) == 2 and ir.Prim("causal") in node.items:
+        causal = True
+        node = [x for x in node.items if x != ir.Prim("causal")][0]
+    items = node.items if isinstance(node, ir.Union) else (node,)
+    strides = [x for x in items if isinstance(x, ir.Prim) and x.name == "stride"
+               and isinstance(x.args[0], ir.Const)]
+    if not strides:
+        return None
+    st = max(strides, key=lambda x: x.args[0].value)
+    s_val = st.args[0].value
+    if s_val < 2 or s_val >= n:
+        return None
+    cq, ck = -(-m // s_val), -(-n // s_val)  # class lengths (queries, keys)
+    permuted = s_val * (-(-cq // bq) + 1) * (-(-ck // bk) + 1)
+    original = -(-m // bq) * -(-n // bk) * min(1.0, (bq + bk - 1) / s_val)
+    if permuted >= 0.5 * original:
+        return None
+    rest = [x for x in items if x is not st]
+    cz = ir.Prim("causal")
+    if rest:
+        r = rest[0] if len(rest) == 1 else ir.Union(tuple(rest))
+        p1 = Pattern(ir.Inter((cz, r)) if causal else r)
+        p2 = Pattern(ir.Diff(ir.Inter((cz, st)) if causal else st, r))
+    else:
+        p1 = Pattern(ir.NONE)
+        p2 = Pattern(ir.Inter((cz, st)) if causal else st)
+    return p1, p2, s_val, causal
+
+
+_perm_plans: dict = {}
+
+
+def _perm_plan(pattern, s, causal, n, m, bq, bk, device) -> _PermPlan:
+    key = (pattern, s, causal, n, m, bq, bk, str(device))
+    with _lock:
+        p = _perm_plans.get(key)
+    if p is None:
+        p = _PermPlan(pattern, s, causal, n, m, bq, bk, device)
+        with _lock:
+            if len(_perm_plans) > 64:
+                _perm_plans.clear()
+            _perm_plans[key] = p
+    return p
+
+
+def _launch_fwd(pl, q, k, v, o, lse, hs, H, m, n, scale, cfg, perm=None):
+    bq, bk, warps, stages = cfg
+    extra = {} if interpreting() else {"num_warps": warps, "num_stages": stages}
+    qpos = perm.qpos if perm is not None else pl.prm
+    kpos = perm.kpos if perm is not None else pl.prm
+    grid = (pl.num_q_blocks if perm is not None else pl.layout.num_q_blocks,
+            q.shape[0] * hs.numel())
+    pl.mod._fwd[grid](
+        q, k, v, o, lse, hs, *pl.fwd, pl.prm, pl.tab, qpos, kpos,
+        q.stride(0), q.stride(1), q.stride(2), k.stride(0), k.stride(1), k.stride(2),
+        v.stride(0), v.stride(1), v.stride(2), o.stride(0), o.stride(1), o.stride(2),
+        hs.numel(), H, m, n, n - m, scale * math.log2(math.e),
+        D=q.shape[3], BM=bq, BN=bk, PREC=_prec(q.dtype), UPCAST=_upcast(q.dtype),
+        PERM=perm is not None, **extra)
+
+
+def _launch_bwd(pl, q, k, v, do, dq, dk, dv, lse, delta, hs, H, m, n, scale, cfg, perm=None):
+    bq, bk, warps, stages = cfg
+    extra = {} if interpreting() else {"num_warps": warps, "num_stages": stages}
+    qpos = perm.qpos if perm is not None else pl.prm
+    kpos = perm.kpos if perm is not None else pl.prm
+    nqb = pl.num_q_blocks if perm is not None else pl.layout.num_q_blocks
+    nkb = pl.num_k_blocks if perm is not None else pl.layout.num_k_blocks
+    common = (q.stride(0), q.stride(1), q.stride(2), k.stride(0), k.stride(1), k.stride(2),
+              v.stride(0), v.stride(1), v.stride(2), do.stride(0), do.stride(1),
+              do.stride(2), hs.numel(), H, m, n, n - m, scale * math.log2(math.e), scale)
+    meta = dict(D=q.shape[3], BM=bq, BN=bk, PREC=_prec(q.dtype), UPCAST=_upcast(q.dtype),
+                PERM=perm is not None, **extra)
+    B = q.shape[0]
+    pl.mod._bwd_dq[(nqb, B * hs.numel())](
+        q, k, v, do, dq, lse, delta, hs, *pl.fwd, pl.prm, pl.tab, qpos, kpos, *common, **meta)
+    pl.mod._bwd_dkdv[(nkb, B * hs.numel())](
+        q, k, v, do, dk, dv, lse, delta, hs, *pl.bwd, pl.prm, pl.tab, qpos, kpos, *common,
+        **meta)
+
+
+def _merge(o1, l1, o2, l2):
+    """Combine two attention results over disjoint key sets (base-2 LSE, +inf = empty)."""
+    import torch
+
+    inf = float("inf")
+    e1 = torch.where(l1 == inf, -inf, l1)
+    e2 = torch.where(l2 == inf, -inf, l2)
+    mx = torch.maximum(e1, e2)
+    mx = torch.where(mx == -inf, 0.0, mx)
+    w1, w2 = torch.exp2(e1 - mx), torch.exp2(e2 - mx)
+    tot = w1 + w2
+    lse = torch.where(tot > 0, mx + torch.log2(torch.where(tot > 0, tot, 1.0)), inf)
+    tot = torch.where(tot > 0, tot, 1.0)
+    o = o1.float() * (w1 / tot)[..., None] + o2.float() * (w2 / tot)[..., None]
+    return o.to(o1.dtype), lse
+
+
+def _gather(x, heads, perm):
+    return x[:, heads].index_select(2, perm).contiguous()
+
+
+def _forward(q, k, v, patterns, scale, cfg):
+    import torch
+
+    B, H, m, D = q.shape
+    n = k.shape[2]
+    bq, bk = cfg[0], cfg[1]
+    o = torch.empty_like(q)
+    lse = torch.empty((B, H, m), device=q.device, dtype=torch.float32)
+    plans = []
+    for pat, heads in _groups(patterns):
+        hs = _heads(heads, q.device)
+        dec = _decompose(pat, n, m, bq, bk)
+        if dec is None:
+            pl = _plan(pat, n, m, bq, bk, q.device)
+            _launch_fwd(pl, q, k, v, o, lse, hs, H, m, n, scale, cfg)
+            plans.append((pl, heads, None))
+            continue
+        p1, p2, s_val, causal = dec
+        pl1 = _plan(p1, n, m, bq, bk, q.device)
+        pp = _perm_plan(p2, s_val, causal, n, m, bq, bk, q.device)
+        hl = _heads(heads, q.device, "long")
+        _launch_fwd(pl1, q, k, v, o, lse, hs, H, m, n, scale, cfg)
+        qp, kp, vp = _gather(q, hl, pp.qperm_t), _gather(k, hl, pp.kperm_t), \
+            _gather(v, hl, pp.kperm_t)
+        Hs = len(heads)
+        o2 = torch.empty_like(qp)
+        l2 = torch.empty((B, Hs, m), device=q.device, dtype=torch.float32)
+        hloc = _heads(list(range(Hs)), q.device)
+        _launch_fwd(pp, qp, kp, vp, o2, l2, hloc, Hs, m, n, scale, cfg, perm=pp)
+        o2 = o2.index_select(2, pp.qinv_t)
+        l2 = l2.index_select(2, pp.qinv_t)
+        om, lm = _merge(o[:, hl], lse[:, hl], o2, l2)
+        o[:, hl] = om
+        lse[:, hl] = lm
+        plans.append((pl1, heads, (pp, hl)))
+    return o, lse, plans
+
+
+def _backward(q, k, v, o, lse, do, plans, scale, cfg):
+    import torch
+
+    B, H, m, D = q.shape
+    n = k.shape[2]
+    do = do.contiguous()
+    delta = (o.float() * do.float()).sum(-1).contiguous()
+    dq = torch.empty_like(q)
+    dk = torch.empty_like(k)
+    dv = torch.empty_like(v)
+    for pl, heads, perm in plans:
+        hs = _heads(heads, q.device)
+        _launch_bwd(pl, q, k, v, do, dq, dk, dv, lse, delta, hs, H, m, n, scale, cfg)
+        if perm is None:
+            continue
+        pp, hl = perm
+        Hs = len(heads)
+        qp, kp, vp = _gather(q, hl, pp.qperm_t), _gather(k, hl, pp.kperm_t), \
+            _gather(v, hl, pp.kperm_t)
+        dop = _gather(do, hl, pp.qperm_t)
+        lp = lse[:, hl].index_select(2, pp.qperm_t).contiguous()
+        dp = delta[:, hl].index_select(2, pp.qperm_t).contiguous()
+        dq2, dk2, dv2 = torch.empty_like(qp), torch.empty_like(kp), torch.empty_like(vp)
+        hloc = _heads(list(range(Hs)), q.device)
+        _launch_bwd(pp, qp, kp, vp, dop, dq2, dk2, dv2, lp, dp, hloc, Hs, m, n, scale, cfg,
+                    perm=pp)
+        for g, g2, inv in ((dq, dq2, pp.qinv_t), (dk, dk2, pp.kinv_t), (dv, dv2, pp.kinv_t)):
+            g[:, hl] = (g[:, hl].float() + g2.index_select(2, inv).float()).to(g.dtype)
+    return dq, dk, dv
+
+
+def _autograd_fn():
+    import torch
+
+    class _SparseAttention(torch.autograd.Function):
+        @staticmethod
+        def forward(ctx, q, k, v, patterns, scale, cfg):
+            o, lse, plans = _forward(q, k, v, patterns, scale, cfg)
+            ctx.save_for_backward(q, k, v, o, lse)
+            ctx.plans, ctx.scale, ctx.cfg = plans, scale, cfg
+            return o
+
+        @staticmethod
+        def backward(ctx, do):
+            q, k, v, o, lse = ctx.saved_tensors
+            dq, dk, dv = _backward(q, k, v, o, lse, do, ctx.plans, ctx.scale, ctx.cfg)
+            return dq, dk, dv, None, None, None
+
+    return _SparseAttention
+
+
+_FN = None
+
+
+_TUNED: dict = {}
+#: (block_q, block_k, num_warps, num_stages) tried by the autotuner
+CANDIDATES = [(128, 64, 4, 3), (128, 128, 8, 3), (64, 64, 4, 3), (128, 64, 8, 2), (64, 128, 4, 2)]
+
+
+def _autotune(q, k, v, patterns, scale, default):
+    """Pick the fastest tile shape for this (patterns, m, n, D, dtype) by timing the forward
+    once per candidate (CUDA only; cached). Candidates that fail to compile are skipped."""
+    import time
+
+    import torch
+
+    key = (patterns, q.shape[2], k.shape[2], q.shape[3], q.dtype, str(q.device))
+    if key in _TUNED:
+        return _TUNED[key]
+    best, best_t = default, math.inf
+    for cfg in [default] + [c for c in CANDIDATES if c != default]:
+        try:
+            with torch.no_grad():
+                _forward(q, k, v, patterns, scale, cfg)
+                torch.cuda.synchronize()
+                t0 = time.perf_counter()
+                for _ in range(3):
+                    _forward(q, k, v, patterns, scale, cfg)
+                torch.cuda.synchronize()
+                t = time.perf_counter() - t0
+        except Exception:  # noqa: BLE001 - e.g. out of shared memory for this shape
+            continue
+        if t < best_t:
+            best, best_t = cfg, t
+    _TUNED[key] = best
+    return best
+
+
+def sparse_attention(q, k, v, patterns, scale: float, *, block_q: int | None = None,
+                     block_k: int | None = None, return_lse: bool = False,
+                     autotune: bool | None = None):
+    """Run the kernels. ``patterns``: H :class:`spattn.Pattern`. ``block_q``/``block_k``
+    override the tile shape; ``autotune`` (default: env ``SPATTN_TRITON_AUTOTUNE=1``) times
+    :data:`CANDIDATES` on the first call per shape (CUDA only). With ``return_lse`` also
+    returns the natural-log log-sum-exp (B, H, m) (+inf for empty rows; not
+    differentiable)."""
+    import torch
+
+    global _FN
+    if _FN is None:
+        _FN = _autograd_fn()
+    B, H, m, D = q.shape
+    if D > 256:
+        raise ShapeError(f"the triton backend supports head dimensions up to 256, got D = {D}")
+    Dp = max(16, 1 << (D - 1).bit_length())
+    if Dp != D:
+        pad = (0, Dp - D)
+        q, k, v = (torch.nn.functional.pad(x, pad) for x in (q, k, v))
+    q, k, v = (x.contiguous() for x in (q, k, v))
+    bq, bk, warps, stages = block_shape(Dp, q.dtype, q.device.type)
+    cfg = (block_q or bq, block_k or bk, warps, stages)
+    for b in cfg[:2]:
+        if isinstance(b, bool) or not isinstance(b, int) or b < 16 or b & (b - 1):
+            raise ShapeError(f"triton block sizes must be powers of two >= 16, got {b!r}")
+    if autotune is None:
+        autotune = os.environ.get("SPATTN_TRITON_AUTOTUNE", "0") not in ("", "0")
+    if autotune and q.device.type == "cuda" and block_q is None and block_k is None:
+        cfg = _autotune(q, k, v, tuple(patterns), float(scale), cfg)
+    if return_lse:
+        with torch.no_grad():
+            o, lse, _ = _forward(q, k, v, tuple(patterns), float(scale), cfg)
+        lse = lse * math.log(2.0)
+        return o[..., :D], lse
+    o = _FN.apply(q, k, v, tuple(patterns), float(scale), cfg)
+    return o[..., :D] if Dp != D else o
+
+
+class TritonBackend:
+    """``backend="triton"``: CUDA tensors, or CPU tensors under ``TRITON_INTERPRET=1``."""
+
+    name = "triton"
+
+    def is_available(self) -> bool:
+        if not _triton_ok():
+            return False
+        if interpreting():
+            return True
+        try:
+            import torch
+
+            return torch.cuda.is_available()
+        except Exception:  # noqa: BLE001
+            return False
+
+    def supports(self, q) -> bool:
+        dt = str(q.dtype).replace("torch.", "")
+        if dt not in _SUPPORTED or q.shape[-1] > 256:
+            return False
+        if q.device.type == "cuda":
+            return True
+        return q.device.type == "cpu" and interpreting()
+
+    def attention(self, q, k, v, patterns, scale):
+        return sparse_attention(q, k, v, patterns, scale)
