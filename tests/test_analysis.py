@@ -9,10 +9,10 @@ import numpy as np
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
+from reference import oracle_mask
 
 import spattn
 from spattn import analysis
-from reference import oracle_mask
 
 # --------------------------------------------------------------------------------------------
 # Brute-force references (dense, small n)
