@@ -118,10 +118,10 @@ def _merge_inter(items: list[Node]) -> list[Node]:
     return rest
 
 
-def _nary(cls, items, unit: Node, zero: Node, merge) -> Node:
+def _nary(cls, items, unit: Node, zero: Node, merge, deep: bool) -> Node:
     flat: list[Node] = []
     for x in items:
-        x = canonicalize(x)
+        x = _canon(x, True) if deep else (_prim(x) if isinstance(x, Prim) else x)
         flat.extend(x.items if isinstance(x, cls) else (x,))
     if zero in flat:
         return zero
@@ -139,23 +139,27 @@ def _nary(cls, items, unit: Node, zero: Node, merge) -> Node:
     return cls(tuple(sorted(flat, key=text)))
 
 
-def canonicalize(node: Node) -> Node:
-    """Return the canonical form of ``node`` (idempotent)."""
+def canonicalize(node: Node, shallow: bool = False) -> Node:
+    """Return the canonical form of ``node`` (idempotent). With ``shallow=True`` the node's
+    children must already be canonical and only the top is rewritten (what the Python
+    operators on patterns need: O(top) instead of O(tree) per operation)."""
     try:
-        return _canon(node)
+        return _canon(node, not shallow)
     except RecursionError:
         raise SpattnError("pattern expression is nested too deeply to canonicalise") from None
 
 
-def _canon(node: Node) -> Node:
+def _canon(node: Node, deep: bool) -> Node:
+    """Canonicalise ``node``; with ``deep=False`` its children are taken as canonical. Nodes
+    built here from canonical parts are canonicalised with ``deep=False``."""
     if isinstance(node, Prim):
         return _prim(node)
     if isinstance(node, Union):
-        return _nary(Union, node.items, NONE, FULL, _merge_union)
+        return _nary(Union, node.items, NONE, FULL, _merge_union, deep)
     if isinstance(node, Inter):
-        return _nary(Inter, node.items, FULL, NONE, _merge_inter)
+        return _nary(Inter, node.items, FULL, NONE, _merge_inter, deep)
     if isinstance(node, Not):
-        a = _canon(node.a)
+        a = _canon(node.a, True) if deep else node.a
         if isinstance(a, Not):
             return a.a
         if a == FULL:
@@ -164,14 +168,14 @@ def _canon(node: Node) -> Node:
             return FULL
         return Not(a)
     if isinstance(node, Diff):
-        a, b = _canon(node.a), _canon(node.b)
+        a, b = (_canon(node.a, True), _canon(node.b, True)) if deep else (node.a, node.b)
         if isinstance(a, Diff):  # (x - y) - b == x - (y | b)
-            return _canon(Diff(a.a, Union((a.b, b))))
+            return _canon(Diff(a.a, _canon(Union((a.b, b)), False)), False)
         if b == NONE:
             return a
         if a == NONE or b == FULL or a == b:
             return NONE
         if a == FULL:
-            return _canon(Not(b))
+            return _canon(Not(b), False)
         return Diff(a, b)
     raise TypeError(f"not a pattern node: {node!r}")

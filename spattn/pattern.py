@@ -21,6 +21,9 @@ if TYPE_CHECKING:  # pragma: no cover
     import scipy.sparse
 
 
+MAX_DEPTH = 250  #: deepest operator nesting a pattern may have (lowering recurses on it)
+
+
 class Pattern:
     """A sparse attention pattern: a length-generic set of (query i, key j) pairs.
 
@@ -30,15 +33,43 @@ class Pattern:
     ``spattn.compile(str(p)) == p``.
     """
 
-    __slots__ = ("node", "_text", "_hash", "__weakref__")
+    __slots__ = ("node", "_text", "_hash", "_depth", "__weakref__")
 
     def __init__(self, node: ir.Node):
         if not isinstance(node, ir.Node):
             raise SpattnError(f"Pattern() takes an IR node, got {type(node).__name__}; "
                               "use spattn.compile(text)")
-        object.__setattr__(self, "node", canonicalize(node))
+        node = canonicalize(node)
+        self._init(node, ir.depth(node))
+
+    def _init(self, node: ir.Node, depth: int) -> None:
+        if depth > MAX_DEPTH:
+            raise SpattnError(f"pattern nests {depth} operators deep; the limit is "
+                              f"{MAX_DEPTH}")
+        object.__setattr__(self, "node", node)
         object.__setattr__(self, "_text", None)
         object.__setattr__(self, "_hash", None)
+        object.__setattr__(self, "_depth", depth)
+
+    @classmethod
+    def _combine(cls, node: ir.Node, *parts: Pattern) -> Pattern:
+        """A pattern from an operator node over canonical parts: only the top is
+        canonicalised and the depth is bounded in O(1), so building a pattern with k
+        operators costs O(k), not O(k²)."""
+        node = canonicalize(node, shallow=True)
+        known = {}  # upper bounds of depths we already know, by node identity
+        for part in parts:
+            known[id(part.node)] = part._depth
+            for c in ir.children(part.node):
+                known[id(c)] = part._depth - 1
+        if id(node) in known:
+            depth = known[id(node)]
+        else:
+            kids = ir.children(node)
+            depth = 1 + max((known.get(id(c)) or ir.depth(c) for c in kids), default=0)
+        p = cls.__new__(cls)
+        p._init(node, depth)
+        return p
 
     def __setattr__(self, k, v):
         raise AttributeError("Pattern is immutable")
@@ -65,13 +96,16 @@ class Pattern:
 
     # -- algebra
     def __or__(self, other: Any) -> Pattern:
-        return Pattern(ir.Union((self.node, as_pattern(other).node)))
+        o = as_pattern(other)
+        return Pattern._combine(ir.Union((self.node, o.node)), self, o)
 
     def __and__(self, other: Any) -> Pattern:
-        return Pattern(ir.Inter((self.node, as_pattern(other).node)))
+        o = as_pattern(other)
+        return Pattern._combine(ir.Inter((self.node, o.node)), self, o)
 
     def __sub__(self, other: Any) -> Pattern:
-        return Pattern(ir.Diff(self.node, as_pattern(other).node))
+        o = as_pattern(other)
+        return Pattern._combine(ir.Diff(self.node, o.node), self, o)
 
     def __ror__(self, other: Any) -> Pattern:
         return as_pattern(other) | self
@@ -83,7 +117,7 @@ class Pattern:
         return as_pattern(other) - self
 
     def __invert__(self) -> Pattern:
-        return Pattern(ir.Not(self.node))
+        return Pattern._combine(ir.Not(self.node), self)
 
     # -- lowering
     def to_csr(self, n: int) -> scipy.sparse.csr_array:
