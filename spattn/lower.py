@@ -279,16 +279,23 @@ def _union_progression_interval(i, first, count, step, a, b):
     if total == 0:
         return _EMPTY, _EMPTY, _EMPTY
     offs = np.cumsum(per) - per
-    t = np.arange(total, dtype=np.int64) - np.repeat(offs, per)
-    ka_r, kb_r, f_r = np.repeat(ka, per), np.repeat(kb, per), np.repeat(first, per)
-    hv_r = np.repeat(hv, per)
-    kk = np.where(t < ka_r, t, kb_r + t - ka_r - hv_r)
-    lo = f_r + kk * step
+    # lo is a running sum of increments: `step` between progression points, fixed up at row
+    # starts, at the interval and just after it (O(rows) scatters, O(total) passes: 3)
+    inc = np.full(total, step, np.int64)
+    nz = per > 0
+    after0 = first + kb * step  # first point after the interval
+    v0 = np.where(ka > 0, first, np.where(has, a, after0))
+    vlast = np.where(count > kb, first + (count - 1) * step,
+                     np.where(has, a, first + (ka - 1) * step))
+    o, v0n, vln = offs[nz], v0[nz], vlast[nz]
+    inc[o] = v0n - np.concatenate([[0], vln[:-1]])
+    iv = has & (ka > 0)
+    inc[(offs + ka)[iv]] = (a - (first + (ka - 1) * step))[iv]
+    nxt = has & (count > kb)
+    inc[(offs + ka + 1)[nxt]] = (after0 - a)[nxt]
+    lo = np.cumsum(inc, out=inc)
     hi = lo + 1
-    iv = (t == ka_r) & (hv_r == 1)
-    if iv.any():
-        lo[iv] = np.repeat(a, per)[iv]
-        hi[iv] = np.repeat(b, per)[iv]
+    hi[(offs + ka)[has]] = b[has]
     return np.repeat(i, per), lo, hi
 
 
@@ -509,10 +516,13 @@ def _expand_into(out: np.ndarray, lo: np.ndarray, hi: np.ndarray) -> None:
         out[:] = lo
         return
     lens = hi - lo
-    starts = np.cumsum(lens) - lens
+    starts = np.cumsum(lens)
+    starts -= lens
+    d = np.subtract(lo[1:], hi[:-1])  # in place from here: these arrays are nnz-sized
+    d += 1
     out.fill(1)
     out[starts[0]] = lo[0]
-    out[starts[1:]] = lo[1:] - hi[:-1] + 1
+    out[starts[1:]] = d
     np.cumsum(out, dtype=out.dtype, out=out)
 
 

@@ -146,3 +146,21 @@ def test_memory_budget_refuses_with_estimate():
 def test_bad_n(bad):
     with pytest.raises(spattn.SpattnError, match="sequence length n"):
         spattn.compile("local(1)").nnz(bad)
+
+
+_PROG = st.one_of(st.integers(1, 9).map(lambda s: f"stride({s})"),
+                  st.tuples(st.integers(0, 6), st.integers(1, 6)).map(
+                      lambda t: f"dilated({t[0]}, {t[1]})"))
+_SINGLE = st.sampled_from(["local(0)", "local(2)", "window(5, 0)", "window(0, 3)", "causal",
+                           "full", "none", "sink(3)", "block(4)", "rows([1, -1])",
+                           "rows([0:n:3])", "sink(0)", "block(9)"])
+_CLIP = st.sampled_from(["", " & causal", " & local(7)", " & window(3, 9)", " & block(5)"])
+
+
+@settings(max_examples=300)
+@given(_PROG, _SINGLE, _CLIP, st.sampled_from([2, 3, 7, 13, 31, 64, 97]))
+def test_progression_union_fast_path(prog, single, clip, n):
+    # (stride | dilated) ∪ a one-interval-per-row primitive is built without a merge
+    text = f"({prog} | {single}){clip}"
+    np.testing.assert_array_equal(spattn.compile(text).to_csr(n).toarray(),
+                                  oracle_mask(text, n, raw=True))
