@@ -5,15 +5,7 @@ from __future__ import annotations
 import os
 import platform
 
-SUITE = {
-    "S1": "local(64) | global([0,-1])",
-    "S2": "strided(128)",
-    "S3": "fixed(128, 16) & causal",
-    "S4": "bigbird(64, [0:4], 8)",
-    "S5": "dilated(32, 4) | local(16)",
-    "S6": "streaming(4, 256)",
-    "S7": "block(256)",
-}
+from spattn.suite import SUITE  # noqa: F401 - re-exported for the bench scripts
 
 
 def cpu_name() -> str:

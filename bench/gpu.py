@@ -32,16 +32,8 @@ if DRY:  # must precede any triton import
 import torch  # noqa: E402
 
 import spattn  # noqa: E402
+from spattn.suite import SUITE  # noqa: E402 - the shared standard suite
 
-SUITE = {
-    "S1": "local(64) | global([0,-1])",
-    "S2": "strided(128)",
-    "S3": "fixed(128, 16) & causal",
-    "S4": "bigbird(64, [0:4], 8)",
-    "S5": "dilated(32, 4) | local(16)",
-    "S6": "streaming(4, 256)",
-    "S7": "block(256)",
-}
 T_START = time.perf_counter()
 
 

@@ -16,16 +16,9 @@ import time
 import numpy as np
 
 import spattn
+from spattn.suite import SUITE as SUITE_BY_NAME
 
-SUITE = [
-    ("S1", "local(64) | global([0,-1])"),
-    ("S2", "strided(128)"),
-    ("S3", "fixed(128, 16) & causal"),
-    ("S4", "bigbird(64, [0:4], 8)"),
-    ("S5", "dilated(32, 4) | local(16)"),
-    ("S6", "streaming(4, 256)"),
-    ("S7", "block(256)"),
-]
+SUITE = list(SUITE_BY_NAME.items())
 
 ABBR = {"nnz": "nnz", "density": "dens", "row_degree": "deg", "empty_rows": "empty",
         "causal": "causal", "symmetric": "sym", "blocks": "blocks", "kv_cache": "kv",

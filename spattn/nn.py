@@ -19,21 +19,11 @@ import torch.nn.functional as F
 from torch import nn
 
 from .api import attention, resolve_patterns
+from .config import _ranges
 from .errors import ConfigError, ShapeError, SpattnError
 from .pattern import Pattern
 
 __all__ = ["SparseAttention", "SparseEncoderLayer", "SparseEncoder"]
-
-
-def _ranges(xs: list[int]) -> str:
-    out, i = [], 0
-    while i < len(xs):
-        j = i
-        while j + 1 < len(xs) and xs[j + 1] == xs[j] + 1:
-            j += 1
-        out.append(f"{xs[i]}" if i == j else f"{xs[i]}-{xs[j]}")
-        i = j + 1
-    return ",".join(out)
 
 
 def _positive_int(v: Any, what: str) -> int:

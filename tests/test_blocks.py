@@ -15,16 +15,7 @@ from strategies import sized_patterns
 
 import spattn
 from spattn.blocks import block_structure
-
-SUITE = {
-    "S1": "local(64) | global([0,-1])",
-    "S2": "strided(128)",
-    "S3": "fixed(128, 16) & causal",
-    "S4": "bigbird(64, [0:4], 8)",
-    "S5": "dilated(32, 4) | local(16)",
-    "S6": "streaming(4, 256)",
-    "S7": "block(256)",
-}
+from spattn.suite import SUITE  # noqa: E402 - the shared standard suite
 
 
 def tile_classes(M: np.ndarray, bq: int, bk: int) -> np.ndarray:

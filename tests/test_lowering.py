@@ -13,16 +13,7 @@ import spattn
 from spattn.errors import LoweringError, ResourceError
 from spattn.lower import MAX_DENSE_N
 from spattn.random_keys import row_keys
-
-SUITE = {
-    "S1": "local(64) | global([0,-1])",
-    "S2": "strided(128)",
-    "S3": "fixed(128, 16) & causal",
-    "S4": "bigbird(64, [0:4], 8)",
-    "S5": "dilated(32, 4) | local(16)",
-    "S6": "streaming(4, 256)",
-    "S7": "block(256)",
-}
+from spattn.suite import SUITE  # noqa: E402 - the shared standard suite
 
 
 def _csr_equals(p, n, expected):

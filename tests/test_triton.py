@@ -22,15 +22,8 @@ torch = pytest.importorskip("torch")
 pytest.importorskip("triton")
 
 CUDA = torch.cuda.is_available()
-SUITE = {
-    "S1": "local(64) | global([0,-1])",
-    "S2": "strided(128)",
-    "S3": "fixed(128, 16) & causal",
-    "S4": "bigbird(64, [0:4], 8)",
-    "S5": "dilated(32, 4) | local(16)",
-    "S6": "streaming(4, 256)",
-    "S7": "block(256)",
-}
+from spattn.suite import SUITE  # noqa: E402 - the shared standard suite
+
 TOL = {torch.float32: 2e-4, torch.float16: 2e-2, torch.bfloat16: 6e-2}
 
 
