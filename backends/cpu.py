@@ -1,0 +1,356 @@
+"""The CPU backend: exact sparse attention for CPU tensors, forward and backward.
+
+In: q (B, H, m, D), k and v (B, H, n, D) on the CPU (float16, bfloat16, float32, float64), a
+tuple of H patterns (one per head) and the softmax scale. Out: (B, H, m, D) in q's dtype,
+differentiable in q, k and v through a custom autograd function with its own backward.
+
+How: each distinct (pattern, n, m) is planned once (cached, thread-safe LRU bounded in bytes)
+by :mod:`spattn.backends._cpu_plan` into an exact partition of its pairs into dense tiles,
+grouped into components (band, periodic, heavy rows, rest). Inputs are laid out
+sequence-major, (S, B*H, D), so that a tile's rows are contiguous B*H*D blocks. Each bucket of
+equal-shape tiles runs as one call of PyTorch's fused CPU flash-attention kernel
+(``aten::_scaled_dot_product_flash_attention_for_cpu``) over the tiles' query rows and keys,
+read through strided views where the tiles are arithmetic (band, residue classes) and gathered
+by index otherwise, with an additive 0 / -inf mask that keeps exactly the tile's pairs; the
+kernel returns the output and the row log-sum-exp. Components merge by log-sum-exp, so a pair
+is counted once. The backward reruns each tile through the fused backward kernel fed the
+*final* output and log-sum-exp, which makes every tile's gradient exactly its share of the
+full softmax gradient; shares are summed in place (``index_add_`` for keys). Half-precision
+inputs are computed in float32 (float64 stays float64) and cast back. Rows with no key give
+zero output, zero gradients and no NaN. Work and memory are proportional to the tiles' area
+(the pattern's pairs plus padding), never n x n; workspace is processed in chunks of a few MiB
+and checked against the memory budget first.
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+import threading
+from collections import OrderedDict
+from typing import Any
+
+import torch
+
+from spattn import guard
+from spattn.errors import ShapeError
+
+from ._cpu_plan import Plan, build_plan, plan_bytes
+
+_FLASH = torch.ops.aten._scaled_dot_product_flash_attention_for_cpu
+_FLASH_BW = torch.ops.aten._scaled_dot_product_flash_attention_for_cpu_backward
+_DTYPES = (torch.float16, torch.bfloat16, torch.float32, torch.float64)
+_CHUNK_BYTES = 6 << 20  #: gathered keys per batched call (small enough to be reused by malloc)
+_CACHE_BYTES = 1 << 30  #: plans kept, by their size in memory
+_CACHE_ENTRIES = 64
+
+
+_malloc_tuned = False
+
+
+def _tune_malloc() -> None:
+    """Keep freed blocks under 32 MiB in the process heap (glibc only).
+
+    By default glibc returns freed memory above a small, self-adjusting threshold to the
+    system, so every fresh workspace buffer of a few MiB is paid again in page faults (on
+    virtual machines, about 1 ms per MiB: more than the attention arithmetic on the same
+    buffer). This sets ``M_MMAP_THRESHOLD`` to 32 MiB and ``M_TRIM_THRESHOLD`` to 256 MiB once
+    per process, as PyTorch's CPU performance guide suggests (or jemalloc/tcmalloc). Set the
+    environment variable ``SPATTN_CPU_MALLOC=0`` to leave malloc alone.
+    """
+    global _malloc_tuned
+    if _malloc_tuned:
+        return
+    _malloc_tuned = True
+    if os.environ.get("SPATTN_CPU_MALLOC", "1") == "0" or not sys.platform.startswith("linux"):
+        return
+    try:
+        import ctypes
+
+        libc = ctypes.CDLL("libc.so.6")
+        libc.mallopt(-3, 32 << 20)  # M_MMAP_THRESHOLD
+        libc.mallopt(-1, 256 << 20)  # M_TRIM_THRESHOLD
+    except (OSError, AttributeError):  # pragma: no cover - not glibc
+        pass
+
+
+class _PlanCache:
+    """Thread-safe LRU cache of plans keyed on (pattern, n, m), bounded in entries and bytes."""
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._d: OrderedDict[tuple, tuple[Plan, int]] = OrderedDict()
+        self._bytes = 0
+        self.hits = self.misses = 0
+
+    def get(self, pattern: Any, n: int, m: int) -> Plan:
+        key = (pattern, n, m)
+        with self._lock:
+            hit = self._d.get(key)
+            if hit is not None:
+                self._d.move_to_end(key)
+                self.hits += 1
+                return hit[0]
+            self.misses += 1
+        plan = build_plan(pattern.node, n, m)
+        size = plan_bytes(plan)
+        with self._lock:
+            if key not in self._d:
+                self._d[key] = (plan, size)
+                self._bytes += size
+            while self._d and (len(self._d) > _CACHE_ENTRIES or self._bytes > _CACHE_BYTES):
+                if len(self._d) == 1:
+                    break
+                _, (_, s) = self._d.popitem(last=False)
+                self._bytes -= s
+        return plan
+
+    def clear(self) -> None:
+        with self._lock:
+            self._d.clear()
+            self._bytes = 0
+
+
+PLANS = _PlanCache()
+
+
+def get_plan(pattern: Any, n: int, m: int) -> Plan:
+    """The cached execution plan of ``pattern`` (a :class:`spattn.Pattern`) at (n, m)."""
+    return PLANS.get(pattern, n, m)
+
+
+# ---------------------------------------------------------------------------------------------
+# execution
+
+
+def _chunks(T: int, per_tile: int):
+    step = max(1, _CHUNK_BYTES // max(1, per_tile))
+    for a in range(0, T, step):
+        yield a, min(T, a + step)
+
+
+def _gather(x: torch.Tensor, idx: torch.Tensor, t: int, s: int) -> torch.Tensor:
+    """Rows ``idx`` of a sequence-major (S, BH, D) tensor as (t, BH, s, D) tiles."""
+    BH, D = x.shape[1], x.shape[2]
+    return x.index_select(0, idx).view(t, s, BH, D).transpose(1, 2)
+
+
+def _rows(x: torch.Tensor) -> torch.Tensor:
+    """(t, BH, s, ...) tiles back to sequence-major rows (t*s, BH, ...)."""
+    x = x.transpose(1, 2)
+    return x.reshape(x.shape[0] * x.shape[1], *x.shape[2:])
+
+
+def _view(x: torch.Tensor, t: int, s: int, base: int, tile_step: int, step: int):
+    """Tiles of a sequence-major (S, BH, D) or (S, BH) tensor as a strided view
+    (t, BH, s[, D]): tile u, slot i is row base + u*tile_step + i*step. No copy."""
+    BH = x.shape[1]
+    if x.dim() == 2:
+        return x.as_strided((t, BH, s), (tile_step * BH, 1, step * BH),
+                            x.storage_offset() + base * BH)
+    D = x.shape[2]
+    rs = BH * D
+    return x.as_strided((t, BH, s, D), (tile_step * rs, D, step * rs, 1),
+                        x.storage_offset() + base * rs)
+
+
+def _runs(g, per_tile: int):
+    """Yield ``(a, b, strides)``: chunks of a group's segments, strides shifted to tile a."""
+    for a0, b0, st in g.segments:
+        for a, b in _chunks(b0 - a0, per_tile):
+            if st is None:
+                yield a0 + a, a0 + b, None
+            else:
+                q0, qt, qs, k0, kt, ks = st
+                yield a0 + a, a0 + b, (q0 + a * qt, qt, qs, k0 + a * kt, kt, ks)
+
+
+def _forward(plan: Plan, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, scale: float):
+    """Output (m, BH, D) and log-sum-exp (m, BH) of one plan, for sequence-major inputs
+    q (m, BH, D) and k, v (n, BH, D)."""
+    m, BH, D = q.shape
+    parts = []
+    per_row = BH * D * q.element_size()
+    for comp in plan.components:
+        o = q.new_zeros(m + 1, BH, D)
+        lse = q.new_full((m + 1, BH), float("-inf"))
+        for g in comp.groups:
+            bias = g.bias_as(q.dtype)
+            for a, b, st in _runs(g, g.L * per_row):
+                t = b - a
+                mask = None if bias is None else bias[a:b]
+                if st is None:
+                    ki = g.kidx[a * g.L:b * g.L]
+                    ot, lt = _FLASH(_gather(q, g.qg[a * g.bq:b * g.bq], t, g.bq),
+                                    _gather(k, ki, t, g.L), _gather(v, ki, t, g.L),
+                                    attn_mask=mask, scale=scale)
+                    idx = g.qs[a * g.bq:b * g.bq]
+                    o.index_copy_(0, idx, _rows(ot))
+                    lse.index_copy_(0, idx, _rows(lt).to(lse.dtype))
+                else:
+                    q0, qt, qs, k0, kt, ks = st
+                    ot, lt = _FLASH(_view(q, t, g.bq, q0, qt, qs), _view(k, t, g.L, k0, kt, ks),
+                                    _view(v, t, g.L, k0, kt, ks), attn_mask=mask, scale=scale)
+                    _view(o, t, g.bq, q0, qt, qs).copy_(ot)
+                    _view(lse, t, g.bq, q0, qt, qs).copy_(lt)
+        parts.append((o[:m], lse[:m]))
+    if not parts:
+        return q.new_zeros(m, BH, D), q.new_full((m, BH), float("-inf"))
+    if len(parts) == 1:
+        return parts[0]
+    L = torch.logsumexp(torch.stack([p[1] for p in parts]), 0)
+    Ls = torch.where(torch.isneginf(L), torch.zeros_like(L), L)
+    out = torch.zeros_like(parts[0][0])
+    for o, lse in parts:
+        out.addcmul_(o, torch.exp(lse - Ls).unsqueeze(-1))
+    return out, L
+
+
+def _backward(plan: Plan, q, k, v, out, lse, dout, scale: float):
+    """Gradients (dq, dk, dv) of one plan, sequence-major, given the final output and
+    log-sum-exp (whose use makes each tile's gradient its exact share of the whole)."""
+    m, BH, D = q.shape
+    n = k.shape[0]
+    dq = q.new_zeros(m + 1, BH, D)
+    dk = k.new_zeros(n, BH, D)
+    dv = v.new_zeros(n, BH, D)
+    # empty rows never appear in tiles; padding slots read row m: output 0, lse +inf
+    inf = float("inf")
+    lse_b = torch.cat([torch.where(torch.isneginf(lse), torch.full_like(lse, inf), lse),
+                       lse.new_full((1, BH), inf)])
+    out_p = torch.cat([out, out.new_zeros(1, BH, D)])
+    dout_p = torch.cat([dout, dout.new_zeros(1, BH, D)])
+    per_row = BH * D * q.element_size()
+    for comp in plan.components:
+        for g in comp.groups:
+            bias = g.bias_as(q.dtype)
+            for a, b, st in _runs(g, 2 * g.L * per_row):
+                t = b - a
+                ki = g.kidx[a * g.L:b * g.L]
+                mask = None if bias is None else bias[a:b]
+                if st is None:
+                    idx = g.qs[a * g.bq:b * g.bq]
+                    lt = lse_b.index_select(0, idx).view(t, g.bq, BH).transpose(1, 2)
+                    gq, gk, gv = _FLASH_BW(_gather(dout_p, idx, t, g.bq),
+                                           _gather(q, g.qg[a * g.bq:b * g.bq], t, g.bq),
+                                           _gather(k, ki, t, g.L), _gather(v, ki, t, g.L),
+                                           _gather(out_p, idx, t, g.bq), lt, 0.0, False,
+                                           attn_mask=mask, scale=scale)
+                    dq.index_add_(0, idx, _rows(gq))
+                else:
+                    q0, qt, qs, k0, kt, ks = st
+                    gq, gk, gv = _FLASH_BW(_view(dout_p, t, g.bq, q0, qt, qs),
+                                           _view(q, t, g.bq, q0, qt, qs),
+                                           _view(k, t, g.L, k0, kt, ks),
+                                           _view(v, t, g.L, k0, kt, ks),
+                                           _view(out_p, t, g.bq, q0, qt, qs),
+                                           _view(lse_b, t, g.bq, q0, qt, qs), 0.0, False,
+                                           attn_mask=mask, scale=scale)
+                    _view(dq, t, g.bq, q0, qt, qs).add_(gq)
+                    if qt == 0 and t > 1:  # pragma: no cover - runs never repeat rows
+                        raise AssertionError("overlapping query tiles")
+                    # padding key slots of strided tiles read other keys; their gradient is
+                    # exactly 0 (masked), so index_add_ through kidx is still exact
+                dk.index_add_(0, ki, _rows(gk))
+                dv.index_add_(0, ki, _rows(gv))
+    return dq[:m], dk, dv
+
+
+def _heads(plans: tuple[Plan, ...]) -> list[tuple[Plan, list[int]]]:
+    """Heads grouped by plan (shared patterns share one plan and one batched run)."""
+    groups: dict[int, tuple[Plan, list[int]]] = {}
+    for h, p in enumerate(plans):
+        groups.setdefault(id(p), (p, []))[1].append(h)
+    return list(groups.values())
+
+
+def _seq_major(x: torch.Tensor, heads: list[int], dtype: torch.dtype) -> torch.Tensor:
+    """(B, H, S, D) -> (S, B*len(heads), D) contiguous in ``dtype``."""
+    B, H, S, D = x.shape
+    if len(heads) != H:
+        x = x[:, heads]
+    y = torch.empty(S, B, len(heads), D, dtype=dtype)
+    y.copy_(x.permute(2, 0, 1, 3))
+    return y.view(S, B * len(heads), D)
+
+
+def _put(dst: torch.Tensor, heads: list[int], val: torch.Tensor) -> None:
+    """Write sequence-major (S, B*nh, ...) ``val`` into ``dst[:, heads]`` of (B, H, S, ...)."""
+    B, H, S = dst.shape[:3]
+    v = val.reshape(S, B, len(heads), *val.shape[2:]).movedim(0, 2)
+    if len(heads) == H:
+        dst.copy_(v)
+    else:
+        dst[:, heads] = v
+
+
+class _SparseAttention(torch.autograd.Function):
+    @staticmethod
+    def forward(ctx, q, k, v, plans, scale):  # type: ignore[override]
+        B, H, m, D = q.shape
+        ct = torch.float64 if q.dtype == torch.float64 else torch.float32
+        out = torch.empty(B, H, m, D, dtype=ct)
+        lse = torch.empty(B, H, m, dtype=ct)
+        for plan, heads in _heads(plans):
+            o, lz = _forward(plan, _seq_major(q.detach(), heads, ct),
+                             _seq_major(k.detach(), heads, ct),
+                             _seq_major(v.detach(), heads, ct), scale)
+            _put(out, heads, o)
+            _put(lse, heads, lz)
+        ctx.plans, ctx.scale = plans, scale
+        ctx.save_for_backward(q, k, v, out, lse)
+        return out.to(q.dtype)
+
+    @staticmethod
+    @torch.autograd.function.once_differentiable
+    def backward(ctx, dout):  # type: ignore[override]
+        q, k, v, out, lse = ctx.saved_tensors
+        ct = out.dtype
+        dq, dk, dv = (torch.empty(x.shape, dtype=ct) for x in (q, k, v))
+        for plan, heads in _heads(ctx.plans):
+            gq, gk, gv = _backward(plan, _seq_major(q, heads, ct), _seq_major(k, heads, ct),
+                                   _seq_major(v, heads, ct), _seq_major(out, heads, ct),
+                                   _seq_major(lse.unsqueeze(-1), heads, ct).squeeze(-1),
+                                   _seq_major(dout, heads, ct), ctx.scale)
+            _put(dq, heads, gq)
+            _put(dk, heads, gk)
+            _put(dv, heads, gv)
+        return dq.to(q.dtype), dk.to(k.dtype), dv.to(v.dtype), None, None
+
+
+class CPUBackend:
+    """Exact sparse attention on CPU tensors (see the module docstring)."""
+
+    name = "cpu"
+
+    def is_available(self) -> bool:
+        return True
+
+    def supports(self, q: Any) -> bool:
+        return (isinstance(q, torch.Tensor) and q.device.type == "cpu"
+                and q.dtype in _DTYPES)
+
+    def plan(self, pattern: Any, n: int, m: int | None = None) -> Plan:
+        """The cached plan of ``pattern`` (text or Pattern) with n keys and m queries."""
+        import spattn
+
+        return get_plan(spattn.compile(pattern), n, n if m is None else m)
+
+    def attention(self, q, k, v, patterns, scale):
+        _tune_malloc()
+        if not self.supports(q):
+            raise ShapeError(f"the cpu backend runs CPU tensors of dtype float16, bfloat16, "
+                             f"float32 or float64; got {q.dtype} on {q.device}")
+        B, H, m, D = q.shape
+        n = k.shape[2]
+        if len(patterns) != H:
+            raise ShapeError(f"got {len(patterns)} patterns for H = {H} heads")
+        cache: dict[Any, Plan] = {}
+        plans = tuple(cache[p] if p in cache else cache.setdefault(p, get_plan(p, n, m))
+                      for p in patterns)
+        es = 8 if q.dtype == torch.float64 else 4
+        # inputs in the compute dtype, the output, the log-sum-exp and their gradients
+        guard.check(es * (3 * B * H * (m + 2 * n) * D + B * H * m),
+                    f"sparse attention workspace for B={B}, H={H}, m={m}, n={n}, D={D}",
+                    "use smaller tensors")
+        return _SparseAttention.apply(q, k, v, plans, float(scale))
