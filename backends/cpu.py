@@ -24,8 +24,6 @@ and checked against the memory budget first.
 
 from __future__ import annotations
 
-import os
-import sys
 import threading
 from collections import OrderedDict
 from typing import Any
@@ -43,35 +41,6 @@ _DTYPES = (torch.float16, torch.bfloat16, torch.float32, torch.float64)
 _CHUNK_BYTES = 6 << 20  #: gathered keys per batched call (small enough to be reused by malloc)
 _CACHE_BYTES = 1 << 30  #: plans kept, by their size in memory
 _CACHE_ENTRIES = 64
-
-
-_malloc_tuned = False
-
-
-def _tune_malloc() -> None:
-    """Keep freed blocks under 32 MiB in the process heap (glibc only).
-
-    By default glibc returns freed memory above a small, self-adjusting threshold to the
-    system, so every fresh workspace buffer of a few MiB is paid again in page faults (on
-    virtual machines, about 1 ms per MiB: more than the attention arithmetic on the same
-    buffer). This sets ``M_MMAP_THRESHOLD`` to 32 MiB and ``M_TRIM_THRESHOLD`` to 256 MiB once
-    per process, as PyTorch's CPU performance guide suggests (or jemalloc/tcmalloc). Set the
-    environment variable ``SPATTN_CPU_MALLOC=0`` to leave malloc alone.
-    """
-    global _malloc_tuned
-    if _malloc_tuned:
-        return
-    _malloc_tuned = True
-    if os.environ.get("SPATTN_CPU_MALLOC", "1") == "0" or not sys.platform.startswith("linux"):
-        return
-    try:
-        import ctypes
-
-        libc = ctypes.CDLL("libc.so.6")
-        libc.mallopt(-3, 32 << 20)  # M_MMAP_THRESHOLD
-        libc.mallopt(-1, 256 << 20)  # M_TRIM_THRESHOLD
-    except (OSError, AttributeError):  # pragma: no cover - not glibc
-        pass
 
 
 class _PlanCache:
@@ -337,7 +306,7 @@ class CPUBackend:
         return get_plan(spattn.compile(pattern), n, n if m is None else m)
 
     def attention(self, q, k, v, patterns, scale):
-        _tune_malloc()
+        guard.tune_malloc()
         if not self.supports(q):
             raise ShapeError(f"the cpu backend runs CPU tensors of dtype float16, bfloat16, "
                              f"float32 or float64; got {q.dtype} on {q.device}")

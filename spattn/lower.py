@@ -457,6 +457,8 @@ def eval_rows(b: Bound, n: int, r0: int, r1: int, clip=None):
     raise TypeError(b.kind)  # pragma: no cover
 
 
+_CACHE_BYTES = 256 << 20  #: keep pass-1 intervals up to this size; beyond, recomputing the
+#: chunk in pass 2 (in reused buffers) is cheaper than faulting in fresh memory for them
 MAX_WORK = 1 << 32  #: most intervals one lowering may generate (under a minute of work)
 
 
@@ -534,6 +536,8 @@ def csr_rows(node: ir.Node, n: int, r0: int = 0, r1: int | None = None):
     _check_range(n, r0, r1)
     b = bind(node, n)
     rows = r1 - r0
+    if b.est * rows > CHUNK_INTERVALS:  # large: chunk buffers are reused, not re-faulted
+        guard.tune_malloc()
     what = f"the CSR mask at n = {n:,}"
     hint = "use a sparser pattern or a smaller n"
     guard.check(rows * 16.0, f"{what} ({rows:,} rows of counts and offsets)", hint)
@@ -549,7 +553,7 @@ def csr_rows(node: ir.Node, n: int, r0: int = 0, r1: int | None = None):
             guard.check(total * 5.0 + rows * 8.0,
                         f"{what} ({done}{total:,} pairs)", hint)
         kept += len(lo)
-        keep = kept * 16 <= guard.memory_budget() // 4
+        keep = kept * 16 <= min(_CACHE_BYTES, guard.memory_budget() // 4)
         cached.append((a, c, lo, hi) if keep else (a, c, None, None))
     dt = np.int32 if (total < 2**31 and n < 2**31) else np.int64
     isz = np.dtype(dt).itemsize
