@@ -103,7 +103,9 @@ def main():
                              "-", f"{k['s']:.2f}" if "s" in k else "-", blk])
                 continue
             if "error" in c:
-                rows.append([name, f"{n:,}", "-", c["error"][:40], "-", "-", "-", "-", blk])
+                why = ("refused: > 2^32 intervals" if "would generate" in c["error"]
+                       else c["error"][:40])
+                rows.append([name, f"{n:,}", "-", why, "-", "-", "-", "-", blk])
                 continue
             rows.append([name, f"{n:,}", f"{c['nnz']:,}", f"{c['s']:.3f}",
                          f"{c['nnz'] / c['s'] / 1e6:.0f}",
