@@ -78,6 +78,15 @@ def _win(p: Node):
     return None
 
 
+def _merge_sinks(items: list[Node], pick) -> list[Node]:
+    """sink(a) | sink(b) = sink(max(a, b)); sink(a) & sink(b) = sink(min(a, b))."""
+    sinks = [x for x in items if isinstance(x, Prim) and x.name == "sink" and _const_args(x)]
+    if len(sinks) < 2:
+        return items
+    k = pick(_const_args(s)[0] for s in sinks)
+    return [x for x in items if x not in sinks] + [Prim("sink", _c(k))]
+
+
 def _merge_union(items: list[Node]) -> list[Node]:
     wins = [w for w in map(_win, items) if w is not None]
     rest = [x for x in items if _win(x) is None]
@@ -86,10 +95,7 @@ def _merge_union(items: list[Node]) -> list[Node]:
         l, r = max(w[0] for w in wins), max(w[1] for w in wins)
         if not (causal and r == 0):
             rest.append(_window(l, r))
-    sinks = [x for x in rest if isinstance(x, Prim) and x.name == "sink" and _const_args(x)]
-    if len(sinks) > 1:
-        rest = [x for x in rest if x not in sinks] + [Prim("sink", _c(max(
-            _const_args(s)[0] for s in sinks)))]
+    rest = _merge_sinks(rest, max)
     strides = [x for x in rest if isinstance(x, Prim) and x.name == "stride" and _const_args(x)]
     if len(strides) > 1:
         vals = sorted({_const_args(s)[0] for s in strides})
@@ -107,10 +113,7 @@ def _merge_inter(items: list[Node]) -> list[Node]:
             rest.remove(Prim("causal"))
             r = 0
         rest.append(_window(l, r))
-    sinks = [x for x in rest if isinstance(x, Prim) and x.name == "sink" and _const_args(x)]
-    if len(sinks) > 1:
-        rest = [x for x in rest if x not in sinks] + [Prim("sink", _c(min(
-            _const_args(s)[0] for s in sinks)))]
+    rest = _merge_sinks(rest, min)
     strides = [x for x in rest if isinstance(x, Prim) and x.name == "stride" and _const_args(x)]
     if len(strides) > 1:
         s = math.lcm(*(_const_args(x)[0] for x in strides))

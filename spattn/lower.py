@@ -328,14 +328,18 @@ def single_interval(name: str, a: tuple, n: int, i: np.ndarray):
     raise TypeError(name)  # pragma: no cover
 
 
+def _rows_window(n: int, r0: int, r1: int, clip):
+    """Row indices ``r0:r1`` and their column window: ``clip`` or the whole row."""
+    i = np.arange(r0, r1, dtype=np.int64)
+    if clip is None:
+        return i, np.zeros(len(i), np.int64), np.full(len(i), n, np.int64)
+    return i, clip[0], clip[1]
+
+
 def prim_rows(name: str, a: tuple, n: int, r0: int, r1: int, clip=None):
     """Normal-form intervals of a primitive for rows ``r0:r1``, restricted to the per-row
     window ``clip = (clo, chi)`` when given."""
-    i = np.arange(r0, r1, dtype=np.int64)
-    if clip is None:
-        clo, chi = np.zeros(len(i), np.int64), np.full(len(i), n, np.int64)
-    else:
-        clo, chi = clip
+    i, clo, chi = _rows_window(n, r0, r1, clip)
     if name in _SINGLE:
         lo, hi = single_interval(name, a, n, i)
         return _per_row(i, np.maximum(lo, clo), np.minimum(hi, chi))
@@ -400,11 +404,7 @@ def _union_fast(b: Bound, n, r0, r1, clip):
         x, y = y, x
     if not (x.kind == "prim" and x.name in _PROGRESSION and _is_single(y)):
         return None
-    i = np.arange(r0, r1, dtype=np.int64)
-    if clip is None:
-        clo, chi = np.zeros(len(i), np.int64), np.full(len(i), n, np.int64)
-    else:
-        clo, chi = clip
+    i, clo, chi = _rows_window(n, r0, r1, clip)
     prog = progression(x.name, x.args, n, i, clo, chi)
     if prog is None:
         return None
@@ -424,11 +424,7 @@ def eval_rows(b: Bound, n: int, r0: int, r1: int, clip=None):
         singles = [x for x in b.items if _is_single(x)]
         others = [x for x in b.items if not _is_single(x)]
         if singles:
-            i = np.arange(r0, r1, dtype=np.int64)
-            if clip is None:
-                clo, chi = np.zeros(len(i), np.int64), np.full(len(i), n, np.int64)
-            else:
-                clo, chi = clip
+            i, clo, chi = _rows_window(n, r0, r1, clip)
             for x in singles:
                 lo, hi = single_interval(x.name, x.args, n, i)
                 clo, chi = np.maximum(clo, lo), np.minimum(chi, hi)
