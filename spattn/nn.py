@@ -26,6 +26,17 @@ from .pattern import Pattern
 __all__ = ["SparseAttention", "SparseEncoderLayer", "SparseEncoder"]
 
 
+def _config_and_dim(config: Any, embed_dim: int | None):
+    """A loaded config and the embedding width: ``embed_dim`` or the file's model.embed_dim."""
+    from .config import Config, load
+
+    cfg = config if isinstance(config, Config) else load(config)
+    E = embed_dim if embed_dim is not None else cfg.embed_dim
+    if E is None:
+        raise ConfigError(f"{cfg.label}: pass embed_dim= or set model.embed_dim in the file")
+    return cfg, E
+
+
 def _positive_int(v: Any, what: str) -> int:
     if isinstance(v, bool) or not isinstance(v, int) or v < 1:
         raise SpattnError(f"{what} must be a positive integer, got {v!r}")
@@ -107,13 +118,7 @@ class SparseAttention(nn.Module):
         """The attention of ``layer`` in a YAML model config (a :class:`spattn.config.Config`
         or a path to load): its ``num_heads`` patterns, the model's ``backend`` and (unless
         given) its ``embed_dim``. ``kwargs`` go to the constructor."""
-        from .config import Config, load
-
-        cfg = config if isinstance(config, Config) else load(config)
-        E = embed_dim if embed_dim is not None else cfg.embed_dim
-        if E is None:
-            raise ConfigError(f"{cfg.label}: pass embed_dim= or set model.embed_dim in the "
-                              "file")
+        cfg, E = _config_and_dim(config, embed_dim)
         kwargs.setdefault("backend", cfg.backend)
         return cls(E, cfg.num_heads, cfg.layer_patterns(layer), **kwargs)
 
@@ -292,13 +297,7 @@ class SparseEncoder(nn.Module):
         """An encoder with one layer per ``model`` layer of a YAML config (a
         :class:`spattn.config.Config` or a path), each with that layer's per-head patterns.
         ``embed_dim`` defaults to ``model.embed_dim``; ``kwargs`` go to the constructor."""
-        from .config import Config, load
-
-        cfg = config if isinstance(config, Config) else load(config)
-        E = embed_dim if embed_dim is not None else cfg.embed_dim
-        if E is None:
-            raise ConfigError(f"{cfg.label}: pass embed_dim= or set model.embed_dim in the "
-                              "file")
+        cfg, E = _config_and_dim(config, embed_dim)
         kwargs.setdefault("backend", cfg.backend)
         pats = [list(cfg.layer_patterns(i)) for i in range(cfg.num_layers or 0)]
         if not pats:
