@@ -555,6 +555,7 @@ class TritonBackend:
     name = "triton"
 
     def is_available(self) -> bool:
+        """Triton importable, and CUDA present or TRITON_INTERPRET=1."""
         if not _triton_ok():
             return False
         if interpreting():
@@ -567,6 +568,7 @@ class TritonBackend:
             return False
 
     def supports(self, q) -> bool:
+        """CUDA tensors (CPU tensors too under the Triton interpreter)."""
         dt = str(q.dtype).replace("torch.", "")
         if dt not in _SUPPORTED or q.shape[-1] > 256:
             return False
@@ -575,4 +577,5 @@ class TritonBackend:
         return q.device.type == "cpu" and interpreting()
 
     def attention(self, q, k, v, patterns, scale):
+        """Block-sparse flash attention; see the spattn.backends interface."""
         return sparse_attention(q, k, v, patterns, scale)

@@ -32,6 +32,7 @@ def resolve_patterns(pattern: Any, H: int) -> tuple[Pattern, ...]:
 
 
 def validate(q, k, v) -> None:
+    """Check shapes, dtypes and devices of q, k, v; raise :class:`ShapeError` naming the problem."""
     import torch
 
     for name, t in (("q", q), ("k", k), ("v", v)):

@@ -737,14 +737,17 @@ class BlockLayout:
 
     @property
     def num_full(self) -> int:
+        """Number of full tiles (every pair attended)."""
         return len(self.full_idx)
 
     @property
     def num_partial(self) -> int:
+        """Number of partial tiles (need the element mask)."""
         return len(self.part_idx)
 
     @property
     def nonzero_blocks(self) -> int:
+        """Number of tiles with at least one pair."""
         return self.num_full + self.num_partial
 
     def _rows(self, ptr):
@@ -768,18 +771,23 @@ class BlockLayout:
 
     @property
     def full_t_ptr(self) -> np.ndarray:
+        """Transposed form: key block c's full query blocks are
+        ``full_t_idx[full_t_ptr[c]:full_t_ptr[c + 1]]``."""
         return self._full_t[0]
 
     @property
     def full_t_idx(self) -> np.ndarray:
+        """Query-block indices of full tiles, grouped by key block (see full_t_ptr)."""
         return self._full_t[1]
 
     @property
     def part_t_ptr(self) -> np.ndarray:
+        """Transposed form of the partial tiles: offsets per key block."""
         return self._part_t[0]
 
     @property
     def part_t_idx(self) -> np.ndarray:
+        """Query-block indices of partial tiles, grouped by key block (see part_t_ptr)."""
         return self._part_t[1]
 
     def to_dense(self) -> np.ndarray:

@@ -55,6 +55,7 @@ def seq_len(text: str) -> int:
 
 
 def positive_int(text: str) -> int:
+    """argparse type for -n / --block-size: 4096, 64k, 1M or 2**20."""
     try:
         v = int(text)
     except ValueError:
@@ -166,6 +167,7 @@ def _stats_table(rows: list) -> Any:
 @command("stats", "figures of a pattern: density, degrees, blocks, KV cache, receptive field",
          _stats_args)
 def cmd_stats(args: argparse.Namespace) -> int:
+    """`spattn stats`: the figures as a table (one column per n) or JSON."""
     from .analysis import stats
 
     p = _compile(args.pattern)
@@ -249,6 +251,7 @@ def tile_density(node, n: int, tiles: int = HEATMAP_TILES,
 @command("show", "draw the mask (or a tile heat map) beside receptive-field coverage",
          _show_args)
 def cmd_show(args: argparse.Namespace) -> int:
+    """`spattn show`: a PNG of the mask beside receptive-field coverage against depth."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -338,6 +341,7 @@ def _explain_args(p: argparse.ArgumentParser) -> None:
 @command("explain", "canonical form and the IR as a tree with each node's density",
          _explain_args)
 def cmd_explain(args: argparse.Namespace) -> int:
+    """`spattn explain`: canonical form and the IR tree with each node's density."""
     from rich.markup import escape
     from rich.tree import Tree
 
@@ -383,6 +387,7 @@ def _check_args(p: argparse.ArgumentParser) -> None:
 
 @command("check", "validate a YAML file of patterns", _check_args)
 def cmd_check(args: argparse.Namespace) -> int:
+    """`spattn check FILE.yaml`: compile a config and print each layer's stats summary."""
     try:
         from .config import cli_check
     except ImportError as e:
@@ -395,6 +400,7 @@ def cmd_check(args: argparse.Namespace) -> int:
 
 
 def build_parser() -> argparse.ArgumentParser:
+    """The argument parser with every registered command."""
     from . import __version__
 
     parser = argparse.ArgumentParser(

@@ -54,6 +54,7 @@ def set_memory_budget(nbytes: int | None) -> None:
 
 
 def fmt_bytes(b: float) -> str:
+    """Human-readable size, e.g. ``1.5 GiB``."""
     for unit in ("B", "KiB", "MiB", "GiB", "TiB", "PiB"):
         if abs(b) < 1024 or unit == "PiB":
             return f"{b:,.0f} {unit}" if unit == "B" else f"{b:,.1f} {unit}"

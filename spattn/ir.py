@@ -28,11 +28,13 @@ class IntExpr:
 
     @property
     def is_const(self) -> bool:
+        """Whether the expression is a literal."""
         return isinstance(self, Const)
 
 
 @dataclass(frozen=True, slots=True)
 class Const(IntExpr):
+    """An integer literal."""
     value: int
 
 
@@ -43,6 +45,7 @@ class SeqLen(IntExpr):
 
 @dataclass(frozen=True, slots=True)
 class BinOp(IntExpr):
+    """A binary operation ``a op b`` (``depth`` bounds evaluation recursion)."""
     op: str  # one of + - * // %
     a: IntExpr
     b: IntExpr
@@ -51,12 +54,14 @@ class BinOp(IntExpr):
 
 @dataclass(frozen=True, slots=True)
 class Neg(IntExpr):
+    """Integer negation ``-a``."""
     a: IntExpr
     depth: int = field(default=1, compare=False, repr=False)
 
 
 @dataclass(frozen=True, slots=True)
 class Func(IntExpr):
+    """A call of ``sqrt``, ``log2``, ``min`` or ``max``."""
     name: str  # sqrt, log2, min, max
     args: tuple[IntExpr, ...]
     depth: int = field(default=1, compare=False, repr=False)
@@ -66,6 +71,7 @@ MAX_EXPR_DEPTH = 64  #: deepest argument expression accepted (evaluation recurse
 
 
 def expr_depth(e: IntExpr) -> int:
+    """Operator depth of an integer expression (0 for literals and ``n``)."""
     return getattr(e, "depth", 0)
 
 
@@ -94,6 +100,7 @@ def int_text(e: IntExpr, prec: int = 0) -> str:
 
 
 class ArgumentError(LoweringError):
+    """An argument expression cannot be evaluated at this n."""
     pass
 
 
@@ -162,6 +169,7 @@ def _children(e: IntExpr) -> tuple[IntExpr, ...]:
 
 
 def uses_n(e: IntExpr) -> bool:
+    """Whether the expression depends on the sequence length."""
     return isinstance(e, SeqLen) or any(uses_n(c) for c in _children(e))
 
 
@@ -176,6 +184,7 @@ class IndexList:
     items: tuple[IntExpr, ...]
 
     def text(self) -> str:
+        """Canonical text of the list."""
         return "[" + ", ".join(int_text(i) for i in self.items) + "]"
 
 
@@ -188,6 +197,7 @@ class IndexSlice:
     step: IntExpr | None
 
     def text(self) -> str:
+        """Canonical text of the slice."""
         a = "" if self.start is None else int_text(self.start)
         b = "" if self.stop is None else int_text(self.stop)
         s = f"[{a}:{b}"
@@ -210,9 +220,11 @@ class IndexRuns:
 
     @property
     def count(self) -> int:
+        """Number of positions."""
         return int((self.ends - self.starts).sum())
 
     def positions(self) -> np.ndarray:
+        """The positions as a sorted int64 array."""
         if len(self.starts) == 0:
             return np.zeros(0, np.int64)
         return np.concatenate([np.arange(a, b) for a, b in zip(self.starts, self.ends)]) \
@@ -291,27 +303,32 @@ class Prim(Node):
 
 @dataclass(frozen=True, slots=True)
 class Union(Node):
+    """Set union of the items (a pair covered twice is one pair)."""
     items: tuple[Node, ...]
 
 
 @dataclass(frozen=True, slots=True)
 class Inter(Node):
+    """Set intersection of the items."""
     items: tuple[Node, ...]
 
 
 @dataclass(frozen=True, slots=True)
 class Diff(Node):
+    """Pairs of ``a`` that are not in ``b``."""
     a: Node
     b: Node
 
 
 @dataclass(frozen=True, slots=True)
 class Not(Node):
+    """Complement: every pair not in ``a``."""
     a: Node
 
 
 @dataclass(frozen=True)
 class Param:
+    """One parameter of a primitive: name, kind ("int" or "index"), minimum, default."""
     name: str
     kind: str  # "int" or "index"
     minimum: int | None = None
@@ -320,6 +337,7 @@ class Param:
 
 @dataclass(frozen=True)
 class PrimSpec:
+    """A primitive's signature and its defining predicate (for docs and errors)."""
     name: str
     params: tuple[Param, ...]
     doc: str
@@ -386,6 +404,7 @@ _PREC = {Union: 1, Inter: 2, Diff: 3, Not: 4}
 
 
 def prim_text(p: Prim) -> str:
+    """Canonical text of one primitive (keyword arguments only when not default)."""
     spec = PRIMITIVES[p.name]
     if not spec.params:
         return p.name
@@ -419,6 +438,7 @@ def text(node: Node, prec: int = 0) -> str:
 
 
 def children(node: Node) -> tuple[Node, ...]:
+    """The direct sub-patterns of a node."""
     if isinstance(node, (Union, Inter)):
         return node.items
     if isinstance(node, Diff):

@@ -43,6 +43,7 @@ class Bound:
 
 
 def check_n(n) -> int:
+    """Validate a sequence length (an int, 1 <= n <= MAX_N) and return it as int."""
     if isinstance(n, bool) or not isinstance(n, (int, np.integer)):
         raise LoweringError(f"sequence length n must be an integer, got {type(n).__name__} "
                             f"{n!r:.40}")

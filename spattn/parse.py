@@ -163,6 +163,7 @@ def _syntax_error(text: str, e: UnexpectedInput, label: str = "") -> PatternSynt
 
 @dataclass
 class Preset:
+    """A parameterised preset: its parameters, defaults, body and defining environment."""
     name: str
     params: tuple[str, ...]
     defaults: dict  # param name -> value
@@ -174,10 +175,13 @@ class Preset:
 
 @dataclass
 class Env:
+    """Names bound while evaluating a program: values (patterns, integers, index sets) and
+    presets."""
     values: dict = field(default_factory=dict)
     presets: dict = field(default_factory=dict)
 
     def child(self) -> Env:
+        """A copy whose bindings do not leak back into this environment."""
         return Env(dict(self.values), dict(self.presets))
 
 

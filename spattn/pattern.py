@@ -184,4 +184,5 @@ def compile(pattern: str | Pattern) -> Pattern:  # noqa: A001 - public name from
 
 
 def as_pattern(p: Any) -> Pattern:
+    """Coerce text or a Pattern to a Pattern (used by the operators)."""
     return compile(p)
