@@ -29,7 +29,10 @@ too. A tile's key set is the union of its rows' intervals, computed with a bitma
 costs time and memory proportional to its intervals plus the tiles' area, never n x n.
 
 Tiles of a component are bucketed by padded key count (about 12 % padding at most), and each
-bucket runs as one batched fused attention call. Runs of tiles whose query rows and keys are
+bucket runs as one batched fused attention call. A bucket's keys are read from the tiles'
+contiguous key runs, and its 0 / -inf mask is written straight as float32 bit patterns from
+each row's slot interval (or, for rows with several, a flat int8 running sum of interval
+starts and ends): about 5 bytes of work per score slot. Runs of tiles whose query rows and keys are
 arithmetic progressions (band tiles, residue-class tiles) are marked so that the executor reads
 them through strided views of the inputs instead of gathering them.
 """
@@ -374,7 +377,6 @@ def _build(iv: _Iv, kind: str, how: tuple, off: int, n: int, m: int) -> Componen
             kcol[cum[0]] = iv.lo[0]
             kcol[cum[1:]] = iv.lo[1:] - iv.hi[:-1] + 1
             np.cumsum(kcol, out=kcol)
-        ktile = np.repeat(tile, lens)
     else:
         tile, islot, rows, T = _tiles(iv, order, s, bq, off, n, m)
     if order != "rows" and not _use_bitmap(T, n, len(iv)):
@@ -392,54 +394,81 @@ def _build(iv: _Iv, kind: str, how: tuple, off: int, n: int, m: int) -> Componen
             kcol[mcum[0]] = mlo[0]
             kcol[mcum[1:]] = mlo[1:] - mhi[:-1] + 1
             np.cumsum(kcol, out=kcol)
-        ktile = np.repeat(mt, mlen)
     elif order != "rows":
         L = np.zeros(T, np.int64)
         kstart = np.zeros(len(iv), np.int64)
-        kt_parts, kc_parts = [], []
+        kc_parts = []
         for a, b, idx, cover in _coverage(tile, iv, T, n):
             L[a:b] = cover.sum(1)
             rank = np.cumsum(cover, axis=1, dtype=np.int32)
             kstart[idx] = rank[tile[idx] - a, iv.lo[idx]] - 1
-            t_loc, c = np.nonzero(cover)
-            kt_parts.append(t_loc + a)
+            _, c = np.nonzero(cover)
             kc_parts.append(c)
-        ktile = np.concatenate(kt_parts) if kt_parts else _EMPTY
         kcol = np.concatenate(kc_parts) if kc_parts else _EMPTY
     Lp = _merge_buckets(_bucket(L), bq)
     area = int((Lp * bq).sum())
     guard.check(area * 12 + len(kcol) * 16, f"a CPU attention plan with {area:,} score "
                 "slots", "use a sparser pattern or a smaller n")
     tstart = np.cumsum(L) - L
-    kslot = np.arange(len(kcol)) - tstart[ktile]
     rows_padded = np.full(T * bq, m, np.int64)
     rows_padded[: len(rows)] = rows
     lens = iv.hi - iv.lo
+    # tiles and intervals by bucket, once (keys of a tile are contiguous in kcol, in order)
+    vals = np.unique(Lp)
+    tgrp = np.searchsorted(vals, Lp)
+    igrp = tgrp[tile]
+    iorder = np.argsort(igrp, kind="stable")
+    ibounds = np.searchsorted(igrp[iorder], np.arange(len(vals) + 1))
     groups = []
-    for Lv in np.unique(Lp):
-        tiles = np.flatnonzero(Lp == Lv)
+    for gi, Lv in enumerate(vals):
+        tiles = np.flatnonzero(tgrp == gi)
         Tg, Lv = len(tiles), int(Lv)
-        local = np.full(T, -1, np.int64)
-        local[tiles] = np.arange(Tg)
-        kid = np.zeros((Tg, Lv), np.int64)
-        ksel = local[ktile] >= 0
-        kid[local[ktile[ksel]], kslot[ksel]] = kcol[ksel]
-        isel = np.flatnonzero(local[tile] >= 0)
-        cell = (local[tile[isel]] * bq + islot[isel]) * (Lv + 1) + kstart[isel]
-        size = Tg * bq * (Lv + 1)
-        diff = (np.bincount(cell, minlength=size)
-                - np.bincount(cell + lens[isel], minlength=size)).astype(np.int16)
-        live = np.cumsum(diff.reshape(Tg, bq, Lv + 1)[..., :Lv], axis=-1, dtype=np.int16) > 0
+        Lt = L[tiles]
+        slot = np.arange(Lv)
+        at = np.minimum(tstart[tiles][:, None] + slot, max(len(kcol) - 1, 0))
+        kid = np.where(slot < Lt[:, None], kcol[at] if len(kcol) else 0, 0)
         qs = rows_padded.reshape(T, bq)[tiles]
-        perm, segments = _segments(kid, qs, L[tiles], m, n)
-        kid, qs, live = kid[perm], qs[perm].reshape(-1), live[perm]
+        perm, segments = _segments(kid, qs, Lt, m, n)
+        kid, qs = kid[perm], qs[perm].reshape(-1)
         qg = np.where(qs == m, 0, qs)
-        if live.all():
+        isel = iorder[ibounds[gi]:ibounds[gi + 1]]
+        glen = lens[isel]
+        if int(glen.sum()) == Tg * bq * Lv:  # intervals are disjoint: every slot is live
             bias = None
         else:
-            b = np.zeros((Tg, 1, bq, Lv), np.float32)  # numpy: no thread pool in planning
-            b[:, 0][~live] = -np.inf
-            bias = torch.from_numpy(b)
+            # the live slots of each row (tiles in run order), then the 0 / -inf mask
+            local = np.full(T, -1, np.int64)
+            local[tiles[perm]] = np.arange(Tg)
+            rk = local[tile[isel]] * bq + islot[isel]  # row of each interval in the group
+            st = kstart[isel]
+            R = Tg * bq
+            lo = np.full(R, Lv, np.int64)
+            hi = np.zeros(R, np.int64)
+            np.minimum.at(lo, rk, st)
+            np.maximum.at(hi, rk, st + glen)
+            tot = np.bincount(rk, weights=glen, minlength=R)
+            if (tot == np.maximum(hi - lo, 0)).all():
+                # every row's slots are one run [lo, hi): slot - lo (unsigned) < hi - lo
+                b = np.empty((R, Lv), np.uint32)
+                np.subtract(np.arange(Lv, dtype=np.int64).astype(np.uint32),
+                            lo.astype(np.uint32)[:, None], out=b)
+                w = np.maximum(hi - lo, 0).astype(np.uint32)[:, None]
+                np.greater_equal(b, w, out=b, casting="unsafe")  # 1: dead, 0: live
+                b *= np.uint32(0xFF800000)  # dead -> bits of -inf, live -> 0.0
+            else:
+                # live slots from interval starts/ends (distinct per row: disjoint
+                # intervals) in one flat running sum: a row's starts and ends cancel within it
+                cell = rk * Lv + st
+                d = np.zeros(R * Lv + 1, np.int8)
+                d[cell] = 1
+                d[cell + glen] -= 1
+                live = np.cumsum(d, dtype=np.int8)[:-1]
+                # 0 / -inf by bit pattern: live 1 -> 0x00000000, dead 0 -> 0xFF800000
+                b = live.view(np.uint8).astype(np.uint32)
+                b -= 1
+                b &= np.uint32(0xFF800000)
+            b = b.view(np.float32)
+            bias = torch.from_numpy(b.reshape(Tg, 1, bq, Lv))  # numpy: no thread pool here
         groups.append(Group(Tg, bq, Lv, torch.from_numpy(qg), torch.from_numpy(qs),
                             torch.from_numpy(kid.reshape(-1)), bias, segments))
     name = {"natural": "natural", "mod": f"mod {s}", "rows": "rows"}[order]

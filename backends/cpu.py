@@ -20,6 +20,12 @@ inputs are computed in float32 (float64 stays float64) and cast back. Rows with 
 zero output, zero gradients and no NaN. Work and memory are proportional to the tiles' area
 (the pattern's pairs plus padding), never n x n; workspace is processed in chunks of a few MiB
 and checked against the memory budget first.
+
+Fast path (forward): when every tile of a plan is strided (``block``, band-like plans), the
+inputs are read in place in their (B, H, S, D) layout (head-major strided views, no layout
+copies), runs of unmasked row blocks sharing their keys are fused into one taller tile per
+block (``block(b)``: one kernel call over (n/b) tiles of b rows), and with a single component
+the result is written straight into the output.
 """
 
 from __future__ import annotations
@@ -134,6 +140,97 @@ def _runs(g, per_tile: int):
                 yield a0 + a, a0 + b, (q0 + a * qt, qt, qs, k0 + a * kt, kt, ks)
 
 
+def _all_strided(plan: Plan) -> bool:
+    """Whether every tile of the plan is read through strided views (no gathered run)."""
+    return all(st is not None for c in plan.components for g in c.groups
+               for _, _, st in g.segments)
+
+
+def _hview(x: torch.Tensor, t: int, s: int, base: int, tile_step: int, step: int):
+    """Tiles of a head-major (BH, S, D) or (BH, S) tensor (any strides) as a strided view
+    (t, BH, s[, D]): tile u, slot i is row base + u*tile_step + i*step. No copy."""
+    sb, sr = x.stride(0), x.stride(1)
+    if x.dim() == 2:
+        return x.as_strided((t, x.shape[0], s), (tile_step * sr, sb, step * sr),
+                            x.storage_offset() + base * sr)
+    return x.as_strided((t, x.shape[0], s, x.shape[2]), (tile_step * sr, sb, step * sr,
+                                                         x.stride(2)),
+                        x.storage_offset() + base * sr)
+
+
+def _fast_runs(g) -> list:
+    """The strided runs of a group for the head-major path, as ``(t, s, strides, (a, b))``:
+    ``t`` tiles of ``s`` query rows. Unmasked runs whose tiles are consecutive row blocks
+    sharing the same keys (``block``: q_tile = rows per tile, k_tile = 0) are fused into one
+    tile of ``(b - a) * bq`` rows, and consecutive fused tiles in arithmetic progression into
+    one run: the same pairs, fewer and larger kernel calls (exact: rows are independent)."""
+    runs = g._cast.get("fast_runs")
+    if runs is not None:
+        return runs
+    runs = []
+    for a, b, st in g.segments:
+        q0, qt, qs, k0, kt, ks = st
+        if g.bias is None and kt == 0 and qs == 1 and qt == g.bq and b - a > 1:
+            s = (b - a) * g.bq
+            if runs and runs[-1][3] is None and runs[-1][1] == s and runs[-1][2][5] == ks:
+                t, _, (Q0, dQ, _, K0, dK, _), _ = runs[-1]
+                if t == 1 and q0 - Q0 >= s:
+                    dQ, dK = q0 - Q0, k0 - K0
+                if (t > 1 or dQ) and q0 - Q0 == t * dQ and k0 - K0 == t * dK and dQ >= s \
+                        and dK >= 0:
+                    runs[-1] = (t + 1, s, (Q0, dQ, 1, K0, dK, ks), None)
+                    continue
+            runs.append((1, s, (q0, 0, 1, k0, 0, ks), None))
+        else:
+            runs.append((b - a, g.bq, st, (a, b)))
+    g._cast["fast_runs"] = runs
+    return runs
+
+
+def _forward_hm(plan: Plan, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, scale: float,
+                out: torch.Tensor | None = None):
+    """:func:`_forward` for head-major inputs q (BH, m, D), k, v (BH, n, D) of a plan whose
+    tiles are all strided: every tile is read in place from the caller's layout, and with a
+    single component and no empty row the result is written straight into ``out``."""
+    BH, m, D = q.shape
+    per_row = BH * D * q.element_size()
+    parts = []
+    direct = len(plan.components) == 1 and not bool(plan.empty.any())
+    for comp in plan.components:
+        if direct:
+            o = out if out is not None else q.new_empty(BH, m, D)
+            lse = q.new_empty(BH, m)
+        else:
+            o = q.new_zeros(BH, m, D)
+            lse = q.new_full((BH, m), float("-inf"))
+        for g in comp.groups:
+            bias = g.bias_as(q.dtype)
+            for t0, s, st, ab in _fast_runs(g):
+                q0, qt, qs, k0, kt, ks = st
+                step = max(1, _CHUNK_BYTES // max(1, g.L * per_row * max(1, s // g.bq)))
+                for a in range(0, t0, step):
+                    t = min(t0, a + step) - a
+                    mask = None if ab is None or bias is None else \
+                        bias[ab[0] + a:ab[0] + a + t]
+                    qa, ka = q0 + a * qt, k0 + a * kt
+                    ot, lt = _FLASH(_hview(q, t, s, qa, qt, qs), _hview(k, t, g.L, ka, kt, ks),
+                                    _hview(v, t, g.L, ka, kt, ks), attn_mask=mask,
+                                    scale=scale)
+                    _hview(o, t, s, qa, qt, qs).copy_(ot)
+                    _hview(lse, t, s, qa, qt, qs).copy_(lt)
+        parts.append((o, lse))
+    if not parts:
+        return q.new_zeros(BH, m, D), q.new_full((BH, m), float("-inf"))
+    if len(parts) == 1:
+        return parts[0]
+    L = torch.logsumexp(torch.stack([p[1] for p in parts]), 0)
+    Ls = torch.where(torch.isneginf(L), torch.zeros_like(L), L)
+    res = torch.zeros_like(parts[0][0]) if out is None else out.zero_()
+    for o, lse in parts:
+        res.addcmul_(o, torch.exp(lse - Ls).unsqueeze(-1))
+    return res, L
+
+
 def _forward(plan: Plan, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, scale: float):
     """Output (m, BH, D) and log-sum-exp (m, BH) of one plan, for sequence-major inputs
     q (m, BH, D) and k, v (n, BH, D)."""
@@ -243,6 +340,17 @@ def _seq_major(x: torch.Tensor, heads: list[int], dtype: torch.dtype) -> torch.T
     return y.view(S, B * len(heads), D)
 
 
+def _head_major(x: torch.Tensor, heads: list[int], dtype: torch.dtype) -> torch.Tensor:
+    """(B, H, S, D) -> (B*len(heads), S, D) in ``dtype``: a view when possible, no copy."""
+    B, H, S, D = x.shape
+    if len(heads) != H:
+        x = x[:, heads]
+    x = x.to(dtype)
+    if x.stride(-1) != 1:
+        x = x.contiguous()
+    return x.reshape(B * len(heads), S, D)
+
+
 def _put(dst: torch.Tensor, heads: list[int], val: torch.Tensor) -> None:
     """Write sequence-major (S, B*nh, ...) ``val`` into ``dst[:, heads]`` of (B, H, S, ...)."""
     B, H, S = dst.shape[:3]
@@ -261,6 +369,19 @@ class _SparseAttention(torch.autograd.Function):
         out = torch.empty(B, H, m, D, dtype=ct)
         lse = torch.empty(B, H, m, dtype=ct)
         for plan, heads in _heads(plans):
+            if _all_strided(plan):  # read (B, H, S, D) in place: no layout copies
+                o, lz = _forward_hm(plan, _head_major(q.detach(), heads, ct),
+                                    _head_major(k.detach(), heads, ct),
+                                    _head_major(v.detach(), heads, ct), scale,
+                                    out.view(B * H, m, D) if len(heads) == H else None)
+                if len(heads) == H:
+                    if o.data_ptr() != out.data_ptr():
+                        out.view(B * H, m, D).copy_(o)
+                    lse.view(B * H, m).copy_(lz)
+                else:
+                    out[:, heads] = o.view(B, len(heads), m, D)
+                    lse[:, heads] = lz.view(B, len(heads), m)
+                continue
             o, lz = _forward(plan, _seq_major(q.detach(), heads, ct),
                              _seq_major(k.detach(), heads, ct),
                              _seq_major(v.detach(), heads, ct), scale)

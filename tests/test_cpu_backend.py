@@ -242,6 +242,52 @@ def test_every_tiling_is_exact(monkeypatch, how, bitmap):
         cpu.PLANS.clear()
 
 
+@pytest.mark.parametrize("text", ["block(256)", "block(64)", "block(32)", "block(256) & causal",
+                                  "local(16) | block(128)"])
+@pytest.mark.parametrize("n,m", [(1024, 1024), (1024, 512)])
+def test_head_major_fast_path(text, n, m):
+    """Plans whose tiles are all strided read (B, H, S, D) in place (fused block runs
+    included): exact forward and gradients against the float64 dense reference."""
+    from spattn.backends.cpu import _all_strided
+
+    assert _all_strided(get_plan(spattn.compile(text), n, m))
+    q, k, v = _qkv(2, 2, m, n, 16, grad=True)
+    out = spattn.attention(q, k, v, text, backend="cpu")
+    mask = oracle_mask(text, n)
+    assert _rel(out, dense_attention(q.detach(), k.detach(), v.detach(), mask)) <= 1e-5
+    g = torch.randn_like(out)
+    got = torch.autograd.grad((out * g).sum(), (q, k, v))
+    for a, b in zip(got, _ref_grads(q, k, v, mask, g), strict=True):
+        assert _rel(a, b) <= 1e-5
+
+
+def test_head_major_fused_runs_heads_dtypes_strides():
+    from spattn.backends.cpu import _fast_runs
+
+    n = 1024
+    plan = get_plan(spattn.compile("block(256)"), n, n)
+    (g,) = plan.components[0].groups
+    assert [(t, s) for t, s, _, _ in _fast_runs(g)] == [(4, 256)]  # one call, 4 blocks
+    # heads sharing an all-strided plan among others; half precision; non-contiguous input
+    pats = ["block(128)", "local(8)", "block(128)", "none"]
+    masks = [oracle_mask(p, n) for p in pats]
+    q, k, v = _qkv(1, 4, n, n, 16, grad=True)
+    out = spattn.attention(q, k, v, pats, backend="cpu")
+    assert _rel(out, dense_attention(q.detach(), k.detach(), v.detach(), masks)) <= 1e-5
+    g = torch.randn_like(out)
+    got = torch.autograd.grad((out * g).sum(), (q, k, v))
+    for a, b in zip(got, _ref_grads(q, k, v, masks, g), strict=True):
+        assert _rel(a, b) <= 1e-5
+    qt, kt, vt = (x.detach().transpose(2, 3).contiguous().transpose(2, 3) for x in (q, k, v))
+    assert not qt.is_contiguous()
+    ref = dense_attention(q.detach(), k.detach(), v.detach(), oracle_mask("block(64)", n))
+    assert _rel(spattn.attention(qt, kt, vt, "block(64)", backend="cpu"), ref) <= 1e-5
+    qh, kh, vh = (x.detach().half() for x in (q, k, v))
+    out = spattn.attention(qh, kh, vh, "block(64)", backend="cpu")
+    ref = dense_attention(qh.float(), kh.float(), vh.float(), oracle_mask("block(64)", n))
+    assert out.dtype == torch.float16 and _rel(out, ref) <= 2e-3
+
+
 @pytest.mark.parametrize("text", SUITE)
 def test_plan_work_proportional_to_pattern(text):
     """Tiles cover each pair exactly once; their area is a small multiple of nnz, not n^2."""
