@@ -71,7 +71,9 @@ class Group:
     #: ``(q0, q_tile, q_step, k0, k_tile, k_step)``: tile t of the run reads query rows
     #: q0 + t*q_tile + i*q_step and keys k0 + t*k_tile + j*k_step (strided views, no copy)
     segments: list = field(default_factory=list)
-    _cast: dict = field(default_factory=dict, repr=False)
+    _cast: dict = field(default_factory=dict, repr=False)  # bias per dtype
+    #: the executor's fused head-major runs of ``segments`` (computed on first use)
+    fast_runs: list | None = field(default=None, repr=False)
 
     def bias_as(self, dtype: torch.dtype) -> torch.Tensor | None:
         if self.bias is None or dtype == self.bias.dtype:

@@ -164,9 +164,8 @@ def _fast_runs(g) -> list:
     sharing the same keys (``block``: q_tile = rows per tile, k_tile = 0) are fused into one
     tile of ``(b - a) * bq`` rows, and consecutive fused tiles in arithmetic progression into
     one run: the same pairs, fewer and larger kernel calls (exact: rows are independent)."""
-    runs = g._cast.get("fast_runs")
-    if runs is not None:
-        return runs
+    if g.fast_runs is not None:
+        return g.fast_runs
     runs = []
     for a, b, st in g.segments:
         q0, qt, qs, k0, kt, ks = st
@@ -183,7 +182,7 @@ def _fast_runs(g) -> list:
             runs.append((1, s, (q0, 0, 1, k0, 0, ks), None))
         else:
             runs.append((b - a, g.bq, st, (a, b)))
-    g._cast["fast_runs"] = runs
+    g.fast_runs = runs
     return runs
 
 
@@ -221,6 +220,12 @@ def _forward_hm(plan: Plan, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, s
         parts.append((o, lse))
     if not parts:
         return q.new_zeros(BH, m, D), q.new_full((BH, m), float("-inf"))
+    return _merge(parts, out)
+
+
+def _merge(parts, out: torch.Tensor | None = None):
+    """Combine components' (output, log-sum-exp) by log-sum-exp: each pair belongs to exactly
+    one component, so this is the softmax over their union. Rows empty everywhere stay 0."""
     if len(parts) == 1:
         return parts[0]
     L = torch.logsumexp(torch.stack([p[1] for p in parts]), 0)
@@ -262,14 +267,7 @@ def _forward(plan: Plan, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, scal
         parts.append((o[:m], lse[:m]))
     if not parts:
         return q.new_zeros(m, BH, D), q.new_full((m, BH), float("-inf"))
-    if len(parts) == 1:
-        return parts[0]
-    L = torch.logsumexp(torch.stack([p[1] for p in parts]), 0)
-    Ls = torch.where(torch.isneginf(L), torch.zeros_like(L), L)
-    out = torch.zeros_like(parts[0][0])
-    for o, lse in parts:
-        out.addcmul_(o, torch.exp(lse - Ls).unsqueeze(-1))
-    return out, L
+    return _merge(parts)
 
 
 def _backward(plan: Plan, q, k, v, out, lse, dout, scale: float):
