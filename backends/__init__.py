@@ -1,6 +1,10 @@
 """Attention backends and their registry (installed as ``spattn.backends``).
 
-A backend is an object with this small, fixed interface::
+In: a backend name (``"auto"``, ``"cpu"``, ``"triton"``, ``"reference"`` or a plugin's) and
+the query tensor. Out: the backend object that runs ``spattn.attention`` for it.
+
+A backend is an object with this small, fixed interface, stated as the
+:class:`Backend` protocol (``isinstance(obj, Backend)`` checks it at run time)::
 
     name: str                                  # "cpu", "triton", ...
     def is_available(self) -> bool             # can it run in this process at all?
@@ -11,8 +15,12 @@ A backend is an object with this small, fixed interface::
         # the last m positions. Differentiable with respect to q, k and v. A query whose row
         # of the pattern is empty gets a zero output and zero gradients.
 
-Built-in backends live one per file beside this one (``cpu.py``, ``triton_gpu.py``) and are
-imported lazily, on first use. Other backends register in one of two ways:
+Built-in backends live one per file beside this one (``cpu.py``, ``triton_gpu.py``,
+``reference.py``) and are imported lazily, on first use. ``reference`` is a plain dense
+float64 masked softmax for small sizes, on any device: it is never picked by ``"auto"``.
+
+Writing a backend: implement :class:`Backend` (no subclassing needed; any class with these
+four members will do), then register it in one of two ways:
 
 * in code: ``spattn.backends.register("mine", MyBackend)`` (a backend object, a class, or a
   zero-argument callable returning a backend);
@@ -25,6 +33,9 @@ imported lazily, on first use. Other backends register in one of two ways:
   Entry points are read the first time the registry is consulted; a plugin that fails to
   import is left out of :func:`available` and :func:`get` reports its error.
 
+To test a backend, or to debug a mismatch between backends, compare its output and gradients
+with ``spattn.attention(..., backend="reference")`` on small inputs.
+
 ``backend="auto"`` (the default everywhere) picks ``triton`` for CUDA tensors when triton is
 importable and ``cpu`` otherwise; :func:`auto_name` says which for a device.
 """
@@ -34,21 +45,73 @@ from __future__ import annotations
 import importlib
 import threading
 from collections.abc import Callable
-from typing import Any
+from typing import TYPE_CHECKING, Any, Protocol, runtime_checkable
 
 from spattn.errors import SpattnError
 
-__all__ = ["register", "unregister", "names", "get", "available", "select", "auto_name",
-           "BACKEND_INTERFACE", "ENTRY_POINT_GROUP"]
+if TYPE_CHECKING:  # torch is imported lazily, by the backends themselves
+    import torch
+
+    from spattn.pattern import Pattern
+
+__all__ = ["Backend", "register", "unregister", "names", "get", "available", "select",
+           "auto_name", "BACKEND_INTERFACE", "ENTRY_POINT_GROUP"]
 
 ENTRY_POINT_GROUP = "spattn.backends"
 """The entry-point group third-party packages use to register backends."""
 BACKEND_INTERFACE = ("name", "is_available", "supports", "attention")
-"""The attributes every backend object has (see the module docstring)."""
+"""The attributes every backend object has (the members of :class:`Backend`)."""
+
+
+@runtime_checkable
+class Backend(Protocol):
+    """What spattn needs of an attention backend (built-in or plugin).
+
+    Structural: a class need not inherit from this to be a backend, it only needs these
+    members; ``isinstance(obj, Backend)`` checks that they exist (not their signatures).
+    The registry calls :meth:`is_available` and :meth:`supports` to choose a backend, then
+    :meth:`attention` with inputs that :func:`spattn.attention` has already validated.
+    """
+
+    name: str
+    """The name the backend is registered and selected under (``backend="..."``)."""
+
+    def is_available(self) -> bool:
+        """Whether the backend can run in this process at all (its dependencies import, its
+        device exists). Cheap, and never raises: a backend that cannot run returns False and
+        is left out of :func:`available`."""
+        ...
+
+    def supports(self, q: torch.Tensor) -> bool:
+        """Whether the backend can run attention for query tensor ``q``'s device and dtype
+        (k and v share them). Cheap, and never raises for a tensor."""
+        ...
+
+    def attention(self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor,
+                  patterns: tuple[Pattern, ...], scale: float) -> torch.Tensor:
+        """Sparse attention of ``q`` over ``k, v``, restricted to the patterns.
+
+        ``q``: (B, H, m, D); ``k``, ``v``: (B, H, n, D), with 1 <= m <= n; one dtype and one
+        device, already validated. ``patterns``: a tuple of H :class:`spattn.Pattern`, one per
+        head (the same object repeated when the heads share a pattern); head h uses the mask
+        of ``patterns[h]`` at sequence length n. Queries are bottom-right aligned: query row
+        r is position n - m + r, so it attends the keys j with M[n - m + r, j] = 1.
+        ``scale``: the softmax scale, a float, applied as given (the caller has already
+        defaulted it to 1/sqrt(D)).
+
+        Returns (B, H, m, D) in q's dtype and on q's device: for each row, the softmax of
+        ``scale * q @ k^T`` over the row's keys, times ``v``. A row with no key gives an
+        exactly zero output and zero gradients, never NaN. Differentiable with respect to
+        q, k and v (through autograd). Raises :class:`SpattnError` (e.g. ``ResourceError``)
+        for inputs it refuses, never a bare exception.
+        """
+        ...
+
 
 _BUILTIN = {
     "cpu": "spattn.backends.cpu:CPUBackend",
     "triton": "spattn.backends.triton_gpu:TritonBackend",
+    "reference": "spattn.backends.reference:ReferenceBackend",
 }
 _factories: dict[str, Callable[[], Any]] = {}
 _plugins: dict[str, str] = {}  # name -> "dist: module:attr" for error messages

@@ -5,7 +5,7 @@ tuple of H patterns (one per head) and the softmax scale. Out: (B, H, m, D) in q
 differentiable in q, k and v through a custom autograd function with its own backward.
 
 How: each distinct (pattern, n, m) is planned once (cached, thread-safe LRU bounded in bytes)
-by :mod:`spattn.backends._cpu_plan` into an exact partition of its pairs into dense tiles,
+by :mod:`spattn.backends.cpu_planner` into an exact partition of its pairs into dense tiles,
 grouped into components (band, periodic, heavy rows, rest). Inputs are laid out
 sequence-major, (S, B*H, D), so that a tile's rows are contiguous B*H*D blocks. Each bucket of
 equal-shape tiles runs as one call of PyTorch's fused CPU flash-attention kernel
@@ -30,16 +30,16 @@ the result is written straight into the output.
 
 from __future__ import annotations
 
-import threading
-from collections import OrderedDict
-from typing import Any
+from typing import Any, NamedTuple
 
 import torch
 
 from spattn import guard
+from spattn.cache import LRUCache
 from spattn.errors import ShapeError
 
-from ._cpu_plan import Plan, build_plan, plan_bytes
+from .cpu_plan import Group, Plan, Strides, plan_bytes
+from .cpu_planner import build_plan
 
 _FLASH = torch.ops.aten._scaled_dot_product_flash_attention_for_cpu
 _FLASH_BW = torch.ops.aten._scaled_dot_product_flash_attention_for_cpu_backward
@@ -49,49 +49,14 @@ _CACHE_BYTES = 1 << 30  #: plans kept, by their size in memory
 _CACHE_ENTRIES = 64
 
 
-class _PlanCache:
-    """Thread-safe LRU cache of plans keyed on (pattern, n, m), bounded in entries and bytes."""
-
-    def __init__(self) -> None:
-        self._lock = threading.Lock()
-        self._d: OrderedDict[tuple, tuple[Plan, int]] = OrderedDict()
-        self._bytes = 0
-        self.hits = self.misses = 0
-
-    def get(self, pattern: Any, n: int, m: int) -> Plan:
-        key = (pattern, n, m)
-        with self._lock:
-            hit = self._d.get(key)
-            if hit is not None:
-                self._d.move_to_end(key)
-                self.hits += 1
-                return hit[0]
-            self.misses += 1
-        plan = build_plan(pattern.node, n, m)
-        size = plan_bytes(plan)
-        with self._lock:
-            if key not in self._d:
-                self._d[key] = (plan, size)
-                self._bytes += size
-            while self._d and (len(self._d) > _CACHE_ENTRIES or self._bytes > _CACHE_BYTES):
-                if len(self._d) == 1:
-                    break
-                _, (_, s) = self._d.popitem(last=False)
-                self._bytes -= s
-        return plan
-
-    def clear(self) -> None:
-        with self._lock:
-            self._d.clear()
-            self._bytes = 0
-
-
-PLANS = _PlanCache()
+#: execution plans by (pattern, n, m), bounded in entries and in bytes
+PLANS: LRUCache[tuple, Plan] = LRUCache("cpu plans", _CACHE_ENTRIES, _CACHE_BYTES,
+                                        sizeof=plan_bytes)
 
 
 def get_plan(pattern: Any, n: int, m: int) -> Plan:
     """The cached execution plan of ``pattern`` (a :class:`spattn.Pattern`) at (n, m)."""
-    return PLANS.get(pattern, n, m)
+    return PLANS.get_or_create((pattern, n, m), lambda: build_plan(pattern.node, n, m))
 
 
 # ---------------------------------------------------------------------------------------------
@@ -129,21 +94,18 @@ def _view(x: torch.Tensor, t: int, s: int, base: int, tile_step: int, step: int)
                         x.storage_offset() + base * rs)
 
 
-def _runs(g, per_tile: int):
-    """Yield ``(a, b, strides)``: chunks of a group's segments, strides shifted to tile a."""
-    for a0, b0, st in g.segments:
-        for a, b in _chunks(b0 - a0, per_tile):
-            if st is None:
-                yield a0 + a, a0 + b, None
-            else:
-                q0, qt, qs, k0, kt, ks = st
-                yield a0 + a, a0 + b, (q0 + a * qt, qt, qs, k0 + a * kt, kt, ks)
+def _runs(g: Group, per_tile: int):
+    """Yield ``(a, b, strides)``: chunks of a group's segments, strides started at tile a."""
+    for sg in g.segments:
+        for a, b in _chunks(sg.stop - sg.start, per_tile):
+            st = None if sg.strides is None else sg.strides.from_tile(a)
+            yield sg.start + a, sg.start + b, st
 
 
-def _all_strided(plan: Plan) -> bool:
+def all_strided(plan: Plan) -> bool:
     """Whether every tile of the plan is read through strided views (no gathered run)."""
-    return all(st is not None for c in plan.components for g in c.groups
-               for _, _, st in g.segments)
+    return all(sg.strides is not None for c in plan.components for g in c.groups
+               for sg in g.segments)
 
 
 def _hview(x: torch.Tensor, t: int, s: int, base: int, tile_step: int, step: int):
@@ -158,30 +120,56 @@ def _hview(x: torch.Tensor, t: int, s: int, base: int, tile_step: int, step: int
                         x.storage_offset() + base * sr)
 
 
-def _fast_runs(g) -> list:
-    """The strided runs of a group for the head-major path, as ``(t, s, strides, (a, b))``:
-    ``t`` tiles of ``s`` query rows. Unmasked runs whose tiles are consecutive row blocks
-    sharing the same keys (``block``: q_tile = rows per tile, k_tile = 0) are fused into one
-    tile of ``(b - a) * bq`` rows, and consecutive fused tiles in arithmetic progression into
-    one run: the same pairs, fewer and larger kernel calls (exact: rows are independent)."""
+class FastRun(NamedTuple):
+    """A run of the head-major path: ``tiles`` tiles of ``rows`` query rows read through
+    ``strides``; ``span`` is the (start, stop) of the group's tiles it covers (their masks),
+    or None for fused unmasked tiles."""
+
+    tiles: int
+    rows: int
+    strides: Strides
+    span: tuple[int, int] | None
+
+
+def _q(view, x: torch.Tensor, t: int, s: int, st: Strides):
+    """The query-side view of ``t`` tiles of ``s`` rows at strides ``st``."""
+    return view(x, t, s, st.q0, st.q_tile, st.q_step)
+
+
+def _k(view, x: torch.Tensor, t: int, s: int, st: Strides):
+    """The key-side view of ``t`` tiles of ``s`` keys at strides ``st``."""
+    return view(x, t, s, st.k0, st.k_tile, st.k_step)
+
+
+def fast_runs(g: Group) -> list[FastRun]:
+    """The strided runs of a group for the head-major path. Unmasked runs whose tiles are
+    consecutive row blocks sharing the same keys (``block``: q_tile = rows per tile,
+    k_tile = 0) are fused into one tile of ``(stop - start) * bq`` rows, and consecutive fused
+    tiles in arithmetic progression into one run: the same pairs, fewer and larger kernel
+    calls (exact: rows are independent)."""
     if g.fast_runs is not None:
         return g.fast_runs
-    runs = []
-    for a, b, st in g.segments:
-        q0, qt, qs, k0, kt, ks = st
-        if g.bias is None and kt == 0 and qs == 1 and qt == g.bq and b - a > 1:
-            s = (b - a) * g.bq
-            if runs and runs[-1][3] is None and runs[-1][1] == s and runs[-1][2][5] == ks:
-                t, _, (Q0, dQ, _, K0, dK, _), _ = runs[-1]
-                if t == 1 and q0 - Q0 >= s:
-                    dQ, dK = q0 - Q0, k0 - K0
-                if (t > 1 or dQ) and q0 - Q0 == t * dQ and k0 - K0 == t * dK and dQ >= s \
-                        and dK >= 0:
-                    runs[-1] = (t + 1, s, (Q0, dQ, 1, K0, dK, ks), None)
+    runs: list[FastRun] = []
+    for sg in g.segments:
+        st, count = sg.strides, sg.stop - sg.start
+        if g.bias is None and st.k_tile == 0 and st.q_step == 1 and st.q_tile == g.bq \
+                and count > 1:
+            s = count * g.bq
+            prev = runs[-1] if runs else None
+            if prev is not None and prev.span is None and prev.rows == s \
+                    and prev.strides.k_step == st.k_step:
+                P = prev.strides
+                dQ, dK = P.q_tile, P.k_tile
+                if prev.tiles == 1 and st.q0 - P.q0 >= s:
+                    dQ, dK = st.q0 - P.q0, st.k0 - P.k0
+                if (prev.tiles > 1 or dQ) and st.q0 - P.q0 == prev.tiles * dQ \
+                        and st.k0 - P.k0 == prev.tiles * dK and dQ >= s and dK >= 0:
+                    runs[-1] = FastRun(prev.tiles + 1, s,
+                                       Strides(P.q0, dQ, 1, P.k0, dK, st.k_step), None)
                     continue
-            runs.append((1, s, (q0, 0, 1, k0, 0, ks), None))
+            runs.append(FastRun(1, s, Strides(st.q0, 0, 1, st.k0, 0, st.k_step), None))
         else:
-            runs.append((b - a, g.bq, st, (a, b)))
+            runs.append(FastRun(count, g.bq, st, (sg.start, sg.stop)))
     g.fast_runs = runs
     return runs
 
@@ -204,19 +192,18 @@ def _forward_hm(plan: Plan, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, s
             lse = q.new_full((BH, m), float("-inf"))
         for g in comp.groups:
             bias = g.bias_as(q.dtype)
-            for t0, s, st, ab in _fast_runs(g):
-                q0, qt, qs, k0, kt, ks = st
+            for run in fast_runs(g):
+                s = run.rows
                 step = max(1, _CHUNK_BYTES // max(1, g.L * per_row * max(1, s // g.bq)))
-                for a in range(0, t0, step):
-                    t = min(t0, a + step) - a
-                    mask = None if ab is None or bias is None else \
-                        bias[ab[0] + a:ab[0] + a + t]
-                    qa, ka = q0 + a * qt, k0 + a * kt
-                    ot, lt = _FLASH(_hview(q, t, s, qa, qt, qs), _hview(k, t, g.L, ka, kt, ks),
-                                    _hview(v, t, g.L, ka, kt, ks), attn_mask=mask,
-                                    scale=scale)
-                    _hview(o, t, s, qa, qt, qs).copy_(ot)
-                    _hview(lse, t, s, qa, qt, qs).copy_(lt)
+                for a in range(0, run.tiles, step):
+                    t = min(run.tiles, a + step) - a
+                    mask = None if run.span is None or bias is None else \
+                        bias[run.span[0] + a:run.span[0] + a + t]
+                    st = run.strides.from_tile(a)
+                    ot, lt = _FLASH(_q(_hview, q, t, s, st), _k(_hview, k, t, g.L, st),
+                                    _k(_hview, v, t, g.L, st), attn_mask=mask, scale=scale)
+                    _q(_hview, o, t, s, st).copy_(ot)
+                    _q(_hview, lse, t, s, st).copy_(lt)
         parts.append((o, lse))
     if not parts:
         return q.new_zeros(BH, m, D), q.new_full((BH, m), float("-inf"))
@@ -259,11 +246,10 @@ def _forward(plan: Plan, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, scal
                     o.index_copy_(0, idx, _rows(ot))
                     lse.index_copy_(0, idx, _rows(lt).to(lse.dtype))
                 else:
-                    q0, qt, qs, k0, kt, ks = st
-                    ot, lt = _FLASH(_view(q, t, g.bq, q0, qt, qs), _view(k, t, g.L, k0, kt, ks),
-                                    _view(v, t, g.L, k0, kt, ks), attn_mask=mask, scale=scale)
-                    _view(o, t, g.bq, q0, qt, qs).copy_(ot)
-                    _view(lse, t, g.bq, q0, qt, qs).copy_(lt)
+                    ot, lt = _FLASH(_q(_view, q, t, g.bq, st), _k(_view, k, t, g.L, st),
+                                    _k(_view, v, t, g.L, st), attn_mask=mask, scale=scale)
+                    _q(_view, o, t, g.bq, st).copy_(ot)
+                    _q(_view, lse, t, g.bq, st).copy_(lt)
         parts.append((o[:m], lse[:m]))
     if not parts:
         return q.new_zeros(m, BH, D), q.new_full((m, BH), float("-inf"))
@@ -302,16 +288,14 @@ def _backward(plan: Plan, q, k, v, out, lse, dout, scale: float):
                                            attn_mask=mask, scale=scale)
                     dq.index_add_(0, idx, _rows(gq))
                 else:
-                    q0, qt, qs, k0, kt, ks = st
-                    gq, gk, gv = _FLASH_BW(_view(dout_p, t, g.bq, q0, qt, qs),
-                                           _view(q, t, g.bq, q0, qt, qs),
-                                           _view(k, t, g.L, k0, kt, ks),
-                                           _view(v, t, g.L, k0, kt, ks),
-                                           _view(out_p, t, g.bq, q0, qt, qs),
-                                           _view(lse_b, t, g.bq, q0, qt, qs), 0.0, False,
+                    gq, gk, gv = _FLASH_BW(_q(_view, dout_p, t, g.bq, st),
+                                           _q(_view, q, t, g.bq, st),
+                                           _k(_view, k, t, g.L, st), _k(_view, v, t, g.L, st),
+                                           _q(_view, out_p, t, g.bq, st),
+                                           _q(_view, lse_b, t, g.bq, st), 0.0, False,
                                            attn_mask=mask, scale=scale)
-                    _view(dq, t, g.bq, q0, qt, qs).add_(gq)
-                    if qt == 0 and t > 1:  # pragma: no cover - runs never repeat rows
+                    _q(_view, dq, t, g.bq, st).add_(gq)
+                    if st.q_tile == 0 and t > 1:  # pragma: no cover - runs never repeat rows
                         raise AssertionError("overlapping query tiles")
                     # padding key slots of strided tiles read other keys; their gradient is
                     # exactly 0 (masked), so index_add_ through kidx is still exact
@@ -367,7 +351,7 @@ class _SparseAttention(torch.autograd.Function):
         out = torch.empty(B, H, m, D, dtype=ct)
         lse = torch.empty(B, H, m, dtype=ct)
         for plan, heads in _heads(plans):
-            if _all_strided(plan):  # read (B, H, S, D) in place: no layout copies
+            if all_strided(plan):  # read (B, H, S, D) in place: no layout copies
                 o, lz = _forward_hm(plan, _head_major(q.detach(), heads, ct),
                                     _head_major(k.detach(), heads, ct),
                                     _head_major(v.detach(), heads, ct), scale,
@@ -420,9 +404,9 @@ class CPUBackend:
 
     def plan(self, pattern: Any, n: int, m: int | None = None) -> Plan:
         """The cached plan of ``pattern`` (text or Pattern) with n keys and m queries."""
-        import spattn
+        from spattn.pattern import compile as compile_pattern
 
-        return get_plan(spattn.compile(pattern), n, n if m is None else m)
+        return get_plan(compile_pattern(pattern), n, n if m is None else m)
 
     def attention(self, q, k, v, patterns, scale):
         guard.tune_malloc()

@@ -5,7 +5,7 @@ which is how CI runs these kernels without a GPU), one pattern per head, a scale
 attention output, differentiable through Triton backward kernels.
 
 How: each distinct pattern is lowered once per (n, m, block shape) to a block layout (cached)
-and to a generated Triton predicate for its partial tiles (:mod:`._triton_codegen`). The
+and to a generated Triton predicate for its partial tiles (:mod:`.triton_codegen`). The
 forward kernel runs an online softmax over a query block's full key blocks (no mask) and then
 its partial ones (predicate), and saves the log-sum-exp; the backward computes dq over the
 layout's rows and dk, dv over its transpose (no atomics). Heads sharing a pattern share one
@@ -24,18 +24,24 @@ off. Tile shapes come from :func:`block_shape`, or are timed per shape with
 
 from __future__ import annotations
 
-import functools
 import math
 import os
-import threading
 from typing import Any
 
 import numpy as np
 
+from spattn.cache import LRUCache
 from spattn.errors import ShapeError
 
 _SUPPORTED = ("float16", "bfloat16", "float32")
-_lock = threading.Lock()
+
+#: every cache of this backend: bounded, thread-safe LRUs (see spattn.cache)
+_LAYOUTS = LRUCache("triton layouts", 32)
+_PLANS = LRUCache("triton plans", 32)
+_PERM_PLANS = LRUCache("triton permuted plans", 64)
+_DECOMPOSED = LRUCache("triton stride decompositions", 256)
+_HEADS = LRUCache("triton head indices", 1024)
+_TUNED = LRUCache("triton autotuned tile shapes", 256)
 
 
 def interpreting() -> bool:
@@ -69,11 +75,24 @@ def block_shape(D: int, dtype: Any, device_type: str) -> tuple[int, int, int, in
     return 128, 64, 8, 2
 
 
-@functools.lru_cache(maxsize=32)
 def _layout(pattern, n: int, m: int, bq: int, bk: int):
     from spattn.blocks import to_blocks
 
-    return to_blocks(pattern, n, block_size=bq, key_block_size=bk, m=m)
+    return _LAYOUTS.get_or_create((pattern, n, m, bq, bk), lambda: to_blocks(
+        pattern.node, n, block_size=bq, key_block_size=bk, m=m))
+
+
+def _predicate(pattern, n: int, device):
+    """(kernel module, PRM, TAB on ``device``) of a pattern at n: one generation walk."""
+    import torch
+
+    from spattn.bind import bind
+
+    from .triton_codegen import generate, kernel_module
+
+    src, prm, tab = generate(bind(pattern.node, n), n)
+    return (kernel_module(src), torch.from_numpy(prm).to(device),
+            torch.from_numpy(tab).to(device))
 
 
 class _Plan:
@@ -81,8 +100,6 @@ class _Plan:
 
     def __init__(self, pattern, n, m, bq, bk, device):
         import torch
-
-        from ._triton_codegen import kernel_module, mask_params
 
         L = _layout(pattern, n, m, bq, bk)
         self.layout = L
@@ -94,9 +111,7 @@ class _Plan:
                     t(L.part_ptr), t(L.part_idx if len(L.part_idx) else np.zeros(1))]
         self._bwd = None
         self._t = t
-        prm, tab = mask_params(pattern.node, n)
-        self.prm, self.tab = t(prm), t(tab)
-        self.mod = kernel_module(pattern.node)
+        self.mod, self.prm, self.tab = _predicate(pattern, n, device)
 
     @property
     def bwd(self):
@@ -105,9 +120,9 @@ class _Plan:
         if self._bwd is None:
             L, t = self.layout, self._t
             if self.fwd[0].device.type == "cuda":
-                self._bwd = [*_device_transpose(self.fwd[0], self.fwd[1], L.num_full,
+                self._bwd = [*device_transpose(self.fwd[0], self.fwd[1], L.num_full,
                                                 L.num_k_blocks),
-                             *_device_transpose(self.fwd[2], self.fwd[3], L.num_partial,
+                             *device_transpose(self.fwd[2], self.fwd[3], L.num_partial,
                                                 L.num_k_blocks)]
             else:
                 self._bwd = [t(L.full_t_ptr),
@@ -117,7 +132,7 @@ class _Plan:
         return self._bwd
 
 
-def _device_transpose(ptr, idx, count: int, nkb: int):
+def device_transpose(ptr, idx, count: int, nkb: int):
     import torch
 
     dev = ptr.device
@@ -133,37 +148,17 @@ def _device_transpose(ptr, idx, count: int, nkb: int):
     return tptr, rows[order].to(torch.int32).contiguous()
 
 
-_plans: dict = {}
-
-
 def _plan(pattern, n, m, bq, bk, device) -> _Plan:
-    key = (pattern, n, m, bq, bk, str(device))
-    with _lock:
-        p = _plans.get(key)
-    if p is None:
-        p = _Plan(pattern, n, m, bq, bk, device)
-        with _lock:
-            if len(_plans) > 32:
-                _plans.clear()
-            _plans[key] = p
-    return p
-
-
-_heads_cache: dict = {}
+    return _PLANS.get_or_create((pattern, n, m, bq, bk, str(device)),
+                                lambda: _Plan(pattern, n, m, bq, bk, device))
 
 
 def _heads(heads: list[int], device, dtype_name: str = "int32"):
     """Head-index tensors on the device, cached (no host-to-device copy per call)."""
     import torch
 
-    key = (tuple(heads), str(device), dtype_name)
-    t = _heads_cache.get(key)
-    if t is None:
-        if len(_heads_cache) > 1024:
-            _heads_cache.clear()
-        t = _heads_cache[key] = torch.tensor(heads, dtype=getattr(torch, dtype_name),
-                                             device=device)
-    return t
+    return _HEADS.get_or_create((tuple(heads), str(device), dtype_name), lambda: torch.tensor(
+        heads, dtype=getattr(torch, dtype_name), device=device))
 
 
 def _groups(patterns) -> list[tuple[Any, list[int]]]:
@@ -196,8 +191,6 @@ class _PermPlan:
     def __init__(self, pattern, s, causal, n, m, bq, bk, device):
         import torch
 
-        from ._triton_codegen import kernel_module, mask_params
-
         off = n - m
         pq = np.arange(off, n, dtype=np.int64)
         pk = np.arange(n, dtype=np.int64)
@@ -226,9 +219,7 @@ class _PermPlan:
         self.kperm_t = torch.from_numpy(self.kperm).to(device)
         self.qinv_t = torch.from_numpy(np.argsort(self.qperm)).to(device)
         self.kinv_t = torch.from_numpy(np.argsort(self.kperm)).to(device)
-        prm, tab = mask_params(pattern.node, n)
-        self.prm, self.tab = t(prm), t(tab)
-        self.mod = kernel_module(pattern.node)
+        self.mod, self.prm, self.tab = _predicate(pattern, n, device)
         self.tiles = len(kc)
 
 
@@ -263,30 +254,31 @@ def _class_tile_pairs(qpos, kpos, s, bq, bk, causal, nkb):
     return key // nkb, key % nkb
 
 
-def _decompose(pattern, n: int, m: int, bq: int, bk: int | None = None):
-    """See :func:`_decompose_cached` (cached per pattern, sizes and the env switch)."""
-    return _decompose_cached(pattern, n, m, bq, bq if bk is None else bk,
-                             os.environ.get("SPATTN_TRITON_PERMUTE", "1"))
+def decompose(pattern, n: int, m: int, bq: int, bk: int | None = None):
+    """See :func:`_decompose` (cached per pattern, sizes and the env switch)."""
+    key = (pattern, n, m, bq, bq if bk is None else bk,
+           os.environ.get("SPATTN_TRITON_PERMUTE", "1"))
+    return _DECOMPOSED.get_or_create(key, lambda: _decompose(*key))
 
 
-@functools.lru_cache(maxsize=256)
-def _decompose_cached(pattern, n: int, m: int, bq: int, bk: int, switch: str):
+def _decompose(pattern, n: int, m: int, bq: int, bk: int, switch: str):
     """``[causal &] (stride(s) | R)`` with a constant s splits into ``[causal &] R`` (the
     ordinary layout) and ``[causal &] stride(s) - R`` (run in the permuted order): a disjoint
     union, merged by log-sum-exp. Chosen when the permuted order needs under half the tiles
     the stride touches in the original order (every tile when s <= bq + bk - 1). None
     otherwise."""
-    from spattn import ir
+    from spattn import ir, prims
     from spattn.pattern import Pattern
 
     if switch in ("0", ""):
         return None
     node, causal = pattern.node, False
-    if isinstance(node, ir.Inter) and len(node.items) == 2 and ir.Prim("causal") in node.items:
+    cz = prims.CAUSAL
+    if isinstance(node, ir.Inter) and len(node.items) == 2 and cz in node.items:
         causal = True
-        node = [x for x in node.items if x != ir.Prim("causal")][0]
+        node = [x for x in node.items if x != cz][0]
     items = node.items if isinstance(node, ir.Union) else (node,)
-    strides = [x for x in items if isinstance(x, ir.Prim) and x.name == "stride"
+    strides = [x for x in items if isinstance(x, ir.Prim) and prims.of(x).residue_class
                and isinstance(x.args[0], ir.Const)]
     if not strides:
         return None
@@ -300,7 +292,6 @@ def _decompose_cached(pattern, n: int, m: int, bq: int, bk: int, switch: str):
     if permuted >= 0.5 * original:
         return None
     rest = [x for x in items if x is not st]
-    cz = ir.Prim("causal")
     if rest:
         r = rest[0] if len(rest) == 1 else ir.Union(tuple(rest))
         p1 = Pattern(ir.Inter((cz, r)) if causal else r)
@@ -311,20 +302,10 @@ def _decompose_cached(pattern, n: int, m: int, bq: int, bk: int, switch: str):
     return p1, p2, s_val, causal
 
 
-_perm_plans: dict = {}
-
-
 def _perm_plan(pattern, s, causal, n, m, bq, bk, device) -> _PermPlan:
-    key = (pattern, s, causal, n, m, bq, bk, str(device))
-    with _lock:
-        p = _perm_plans.get(key)
-    if p is None:
-        p = _PermPlan(pattern, s, causal, n, m, bq, bk, device)
-        with _lock:
-            if len(_perm_plans) > 64:
-                _perm_plans.clear()
-            _perm_plans[key] = p
-    return p
+    return _PERM_PLANS.get_or_create(
+        (pattern, s, causal, n, m, bq, bk, str(device)),
+        lambda: _PermPlan(pattern, s, causal, n, m, bq, bk, device))
 
 
 def _launch_fwd(pl, q, k, v, o, lse, hs, H, m, n, scale, cfg, perm=None):
@@ -395,7 +376,7 @@ def _forward(q, k, v, patterns, scale, cfg):
     plans = []
     for pat, heads in _groups(patterns):
         hs = _heads(heads, q.device)
-        dec = _decompose(pat, n, m, bq, bk)
+        dec = decompose(pat, n, m, bq, bk)
         if dec is None:
             pl = _plan(pat, n, m, bq, bk, q.device)
             _launch_fwd(pl, q, k, v, o, lse, hs, H, m, n, scale, cfg)
@@ -476,7 +457,6 @@ def _autograd_fn():
 _FN = None
 
 
-_TUNED: dict = {}
 #: (block_q, block_k, num_warps, num_stages) tried by the autotuner
 CANDIDATES = [(128, 64, 4, 3), (128, 128, 8, 3), (64, 64, 4, 3), (128, 64, 8, 2), (64, 128, 4, 2)]
 
@@ -490,7 +470,7 @@ def _autotune(q, k, v, patterns, scale, default):
 
     key = (patterns, q.shape[2], k.shape[2], q.shape[3], q.dtype, str(q.device))
     if key in _TUNED:
-        return _TUNED[key]
+        return _TUNED.get(key)
     best, best_t = default, math.inf
     for cfg in [default] + [c for c in CANDIDATES if c != default]:
         try:
@@ -506,8 +486,7 @@ def _autotune(q, k, v, patterns, scale, default):
             continue
         if t < best_t:
             best, best_t = cfg, t
-    _TUNED[key] = best
-    return best
+    return _TUNED.put(key, best)
 
 
 def sparse_attention(q, k, v, patterns, scale: float, *, block_q: int | None = None,

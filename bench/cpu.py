@@ -36,7 +36,7 @@ from _common import SUITE, header, table  # noqa: E402
 from spattn.backends import cpu as cpu_backend  # noqa: E402
 
 import spattn  # noqa: E402
-from spattn.pattern import _compile_text  # noqa: E402
+from spattn.cache import clear_all  # noqa: E402
 
 B, H, D = 1, 4, 64
 
@@ -132,8 +132,7 @@ def bench_pattern(name: str, mod: Callable, q, k, v, do, args) -> dict:
     # spattn: time to first result (text -> output, every cache cleared); best of 3 cold runs
     r["ttfr"] = float("inf")
     for _ in range(3):
-        cpu_backend.PLANS.clear()
-        _compile_text.cache_clear()
+        clear_all()  # parsed patterns, plans: every cache of the process
         t0 = time.perf_counter()
         out = spattn.attention(q, k, v, text, backend="cpu")
         r["ttfr"] = min(r["ttfr"], time.perf_counter() - t0)

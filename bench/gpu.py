@@ -61,7 +61,7 @@ def dense_ref(q, k, v, mask, scale):
 
 
 def check_correctness(dev: str, n: int, D: int) -> list[dict]:
-    from spattn.backends.triton_gpu import _decompose, block_shape, sparse_attention
+    from spattn.backends.triton_gpu import block_shape, decompose, sparse_attention
 
     out = []
     H = 2
@@ -69,7 +69,7 @@ def check_correctness(dev: str, n: int, D: int) -> list[dict]:
     # the suite at n, plus S2 at a length where its stride part runs in the permuted order
     n_perm, blk = (8192, None) if dev == "cuda" else (2048, (32, 32))
     bq, bk = blk or block_shape(D, torch.bfloat16, dev)[:2]
-    assert _decompose(spattn.compile(SUITE["S2"]), n_perm, n_perm, bq, bk) is not None
+    assert decompose(spattn.compile(SUITE["S2"]), n_perm, n_perm, bq, bk) is not None
     cases = [(name, text, n, None) for name, text in SUITE.items()]
     cases.append(("S2-permuted", SUITE["S2"], n_perm, blk))
     for name, text, n, blk in cases:

@@ -2,106 +2,57 @@
 
 In: a raw :class:`~spattn.ir.Node`. Out: an equivalent node in canonical form: unions and
 intersections flattened, deduplicated and sorted by their text; identities with ``full`` and
-``none`` applied; ``~~a = a``; and only merges that are exact at every sequence length (for
-constant arguments): windows merge (``local(a) | local(b) = local(max(a, b))``,
-``window(a, b) & causal = window(a, 0)``), sinks merge, strides merge when one divides the
-other. Arguments that use ``n`` are never merged, so a range error at lowering is never hidden.
+``none`` applied; ``~~a = a``; each primitive's own identities and merges, from its entry in
+the primitive table (:mod:`spattn.prims`: ``stride(1) = full``, ``sink(a) | sink(b) =
+sink(max(a, b))``, strides merge when one divides the other …); and windows, which merge
+across ``local`` and ``window`` (``local(a) | local(b) = local(max(a, b))``,
+``window(a, b) & causal = window(a, 0)``). Only merges that are exact at every sequence length
+(constant arguments): arguments that use ``n`` are never merged, so a range error at lowering
+is never hidden.
 """
 
 from __future__ import annotations
 
-import math
-
+from . import prims
 from .errors import SpattnError
-from .ir import (
-    FULL,
-    NONE,
-    Const,
-    Diff,
-    IndexList,
-    Inter,
-    Node,
-    Not,
-    Prim,
-    Union,
-    text,
-)
-
-
-def _c(*vals) -> tuple[Const, ...]:
-    return tuple(Const(v) for v in vals)
-
-
-def _const_args(p: Prim):
-    if all(isinstance(a, Const) for a in p.args):
-        return tuple(a.value for a in p.args)
-    return None
-
-
-def _window(l: int, r: int) -> Prim:
-    return Prim("local", _c(l)) if l == r else Prim("window", _c(l, r))
+from .ir import FULL, NONE, Const, Diff, Inter, Node, Not, Prim, Union
+from .prims.windows import window_node
+from .printing import text
 
 
 def _prim(p: Prim) -> Node:
-    v = _const_args(p)
-    if p.name in ("rows", "cols", "global"):
-        a = p.args[0]
-        if isinstance(a, IndexList) and not a.items:
-            return NONE
-        return p
-    if v is None:
-        return p
-    name = p.name
-    if name == "window" and v[0] == v[1]:
-        return _window(*v)
-    if name == "dilated":
-        w, d = v
-        if d == 1 or w == 0:
-            return _window(w if d == 1 else 0, w if d == 1 else 0)
-    if name == "stride" and v[0] == 1:
-        return FULL
-    if name == "fixed" and v[0] == v[1]:
-        return FULL
-    if name == "block" and v[0] == 1:
-        return _window(0, 0)
-    if name in ("sink", "random") and v[0] == 0:
-        return NONE
-    return p
+    """The primitive's own identities (``stride(1) = full``, ``window(a, a) = local(a)`` …)."""
+    return prims.of(p).simplify(p.args) or p
 
 
 def _win(p: Node):
     """(l, r) if p is a window with constant arguments."""
-    if isinstance(p, Prim) and p.name in ("local", "window"):
-        v = _const_args(p)
-        if v is not None:
-            return (v[0], v[0]) if p.name == "local" else v
-    return None
+    return prims.of(p).window(p.args) if isinstance(p, Prim) else None
 
 
-def _merge_sinks(items: list[Node], pick) -> list[Node]:
-    """sink(a) | sink(b) = sink(max(a, b)); sink(a) & sink(b) = sink(min(a, b))."""
-    sinks = [x for x in items if isinstance(x, Prim) and x.name == "sink" and _const_args(x)]
-    if len(sinks) < 2:
-        return items
-    k = pick(_const_args(s)[0] for s in sinks)
-    return [x for x in items if x not in sinks] + [Prim("sink", _c(k))]
+def _merge_same(items: list[Node], op: str) -> list[Node]:
+    """Several constant instances of one primitive merged by its table entry
+    (``sink(a) | sink(b) = sink(max(a, b))``, ``stride(a) & stride(b) = stride(lcm(a, b))`` …)."""
+    groups: dict[str, list[Prim]] = {}
+    for x in items:
+        if isinstance(x, Prim) and x.args and prims.const_values(x.args) is not None:
+            groups.setdefault(x.name, []).append(x)
+    for name, xs in groups.items():
+        merged = prims.PRIMITIVES[name].merge(op, [prims.const_values(x.args) for x in xs])
+        if merged is not None:
+            items = [x for x in items if x not in xs]
+            items += [Prim(name, tuple(Const(v) for v in vals)) for vals in merged]
+    return items
 
 
 def _merge_union(items: list[Node]) -> list[Node]:
     wins = [w for w in map(_win, items) if w is not None]
     rest = [x for x in items if _win(x) is None]
-    causal = Prim("causal") in rest
-    if wins:
+    if wins:  # windows all contain the diagonal: their union is a window
         l, r = max(w[0] for w in wins), max(w[1] for w in wins)
-        if not (causal and r == 0):
-            rest.append(_window(l, r))
-    rest = _merge_sinks(rest, max)
-    strides = [x for x in rest if isinstance(x, Prim) and x.name == "stride" and _const_args(x)]
-    if len(strides) > 1:
-        vals = sorted({_const_args(s)[0] for s in strides})
-        keep = [s for s in vals if not any(t != s and s % t == 0 for t in vals)]
-        rest = [x for x in rest if x not in strides] + [Prim("stride", _c(s)) for s in keep]
-    return rest
+        if not (prims.CAUSAL in rest and r == 0):  # window(l, 0) ⊆ causal
+            rest.append(window_node(l, r))
+    return _merge_same(rest, "union")
 
 
 def _merge_inter(items: list[Node]) -> list[Node]:
@@ -109,16 +60,11 @@ def _merge_inter(items: list[Node]) -> list[Node]:
     rest = [x for x in items if _win(x) is None]
     if wins:
         l, r = min(w[0] for w in wins), min(w[1] for w in wins)
-        if Prim("causal") in rest:
-            rest.remove(Prim("causal"))
+        if prims.CAUSAL in rest:  # window(l, r) & causal = window(l, 0)
+            rest.remove(prims.CAUSAL)
             r = 0
-        rest.append(_window(l, r))
-    rest = _merge_sinks(rest, min)
-    strides = [x for x in rest if isinstance(x, Prim) and x.name == "stride" and _const_args(x)]
-    if len(strides) > 1:
-        s = math.lcm(*(_const_args(x)[0] for x in strides))
-        rest = [x for x in rest if x not in strides] + [Prim("stride", _c(s))]
-    return rest
+        rest.append(window_node(l, r))
+    return _merge_same(rest, "inter")
 
 
 def _nary(cls, items, unit: Node, zero: Node, merge, deep: bool) -> Node:

@@ -3,8 +3,9 @@
 In: nothing (this module is the bottom of the stack). Out: node classes for integer argument
 expressions (:class:`IntExpr`), index sets (:class:`IndexList`, :class:`IndexSlice`) and
 patterns (:class:`Prim`, :class:`Union`, :class:`Inter`, :class:`Diff`, :class:`Not`), the
-table of primitives (:data:`PRIMITIVES`), evaluation of arguments at a sequence length, and
-canonical printing (``text``), whose output parses back to an equal node.
+evaluation of integer expressions and index sets at a sequence length, and the canonical text
+of expressions and index sets. What each primitive *means* lives in :mod:`spattn.prims`;
+printing whole patterns in :mod:`spattn.printing`.
 """
 
 from __future__ import annotations
@@ -25,11 +26,6 @@ class IntExpr:
     """An integer expression in ``n`` (the sequence length)."""
 
     __slots__ = ()
-
-    @property
-    def is_const(self) -> bool:
-        """Whether the expression is a literal."""
-        return isinstance(self, Const)
 
 
 @dataclass(frozen=True, slots=True)
@@ -166,11 +162,6 @@ def _children(e: IntExpr) -> tuple[IntExpr, ...]:
     if isinstance(e, Func):
         return e.args
     return ()
-
-
-def uses_n(e: IntExpr) -> bool:
-    """Whether the expression depends on the sequence length."""
-    return isinstance(e, SeqLen) or any(uses_n(c) for c in _children(e))
 
 
 # --------------------------------------------------------------------------------------------
@@ -326,115 +317,12 @@ class Not(Node):
     a: Node
 
 
-@dataclass(frozen=True)
-class Param:
-    """One parameter of a primitive: name, kind ("int" or "index"), minimum, default."""
-    name: str
-    kind: str  # "int" or "index"
-    minimum: int | None = None
-    default: int | None = None  # keyword parameters have a default
-
-
-@dataclass(frozen=True)
-class PrimSpec:
-    """A primitive's signature and its defining predicate (for docs and errors)."""
-    name: str
-    params: tuple[Param, ...]
-    doc: str
-
-
-def _p(name, kind="int", minimum=None, default=None):
-    return Param(name, kind, minimum, default)
-
-
-PRIMITIVES: dict[str, PrimSpec] = {
-    s.name: s
-    for s in [
-        PrimSpec("local", (_p("w", minimum=0),), "|i - j| <= w"),
-        PrimSpec("window", (_p("l", minimum=0), _p("r", minimum=0)), "-l <= j - i <= r"),
-        PrimSpec("causal", (), "j <= i"),
-        PrimSpec("stride", (_p("s", minimum=1),), "(i - j) mod s == 0"),
-        PrimSpec("dilated", (_p("w", minimum=0), _p("d", minimum=1)),
-                 "|i - j| <= w*d and (i - j) mod d == 0"),
-        PrimSpec("block", (_p("b", minimum=1),), "i // b == j // b"),
-        PrimSpec("fixed", (_p("l", minimum=1), _p("c", minimum=1)),
-                 "i // l == j // l, or j mod l >= l - c  (1 <= c <= l)"),
-        PrimSpec("rows", (_p("I", "index"),), "i in I"),
-        PrimSpec("cols", (_p("I", "index"),), "j in I"),
-        PrimSpec("global", (_p("I", "index"),), "i in I or j in I"),
-        PrimSpec("sink", (_p("k", minimum=0),), "j < k"),
-        PrimSpec("random", (_p("r", minimum=0), _p("seed", default=0)),
-                 "j in R_i: min(r, n) distinct keys drawn for row i"),
-        PrimSpec("full", (), "always"),
-        PrimSpec("none", (), "never"),
-    ]
-}
-
 FULL = Prim("full")
 NONE = Prim("none")
 
 
-def prim_args(p: Prim, n: int) -> tuple:
-    """Evaluate a primitive's arguments at ``n``, checking ranges. Integers come back as
-    ``int``, index sets as :class:`IndexRuns`. Errors name the primitive, the argument, its
-    value and n."""
-    spec = PRIMITIVES[p.name]
-    out = []
-    for par, a in zip(spec.params, p.args):
-        if par.kind == "index":
-            out.append(resolve_index_set(a, n, f"{p.name}({a.text()})"))
-            continue
-        v = evaluate(a, n)
-        if par.minimum is not None and v < par.minimum:
-            src = "" if isinstance(a, Const) else f" (from `{int_text(a)}`)"
-            raise LoweringError(
-                f"{p.name}: argument {par.name} = {v}{src} at n = {n}; "
-                f"{par.name} must be >= {par.minimum}")
-        out.append(v)
-    if p.name == "fixed" and out[1] > out[0]:
-        raise LoweringError(f"fixed: argument c = {out[1]} exceeds l = {out[0]} at n = {n}; "
-                            "fixed(l, c) needs 1 <= c <= l")
-    return tuple(out)
-
-
 # --------------------------------------------------------------------------------------------
-# Printing
-
-_PREC = {Union: 1, Inter: 2, Diff: 3, Not: 4}
-
-
-def prim_text(p: Prim) -> str:
-    """Canonical text of one primitive (keyword arguments only when not default)."""
-    spec = PRIMITIVES[p.name]
-    if not spec.params:
-        return p.name
-    parts = []
-    for par, a in zip(spec.params, p.args):
-        s = a.text() if par.kind == "index" else int_text(a)
-        if par.default is not None:
-            if isinstance(a, Const) and a.value == par.default:
-                continue
-            s = f"{par.name}={s}"
-        parts.append(s)
-    return f"{p.name}({', '.join(parts)})"
-
-
-def text(node: Node, prec: int = 0) -> str:
-    """Canonical text of a pattern node; parses back to an equal node."""
-    if isinstance(node, Prim):
-        return prim_text(node)
-    p = _PREC[type(node)]
-    if isinstance(node, Union):
-        s = " | ".join(text(x, 1) for x in node.items)
-    elif isinstance(node, Inter):
-        s = " & ".join(text(x, 2) for x in node.items)
-    elif isinstance(node, Diff):
-        s = f"{text(node.a, 3)} - {text(node.b, 4)}"
-    elif isinstance(node, Not):
-        s = "~" + text(node.a, 4)
-    else:
-        raise TypeError(node)
-    return f"({s})" if prec > p else s
+# Structure
 
 
 def children(node: Node) -> tuple[Node, ...]:

@@ -19,7 +19,8 @@ import torch.nn.functional as F
 from torch import nn
 
 from .api import attention, resolve_patterns
-from .config import _ranges
+from .checks import positive_int
+from .config import format_ranges
 from .errors import ConfigError, ShapeError, SpattnError
 from .pattern import Pattern
 
@@ -35,12 +36,6 @@ def _config_and_dim(config: Any, embed_dim: int | None):
     if E is None:
         raise ConfigError(f"{cfg.label}: pass embed_dim= or set model.embed_dim in the file")
     return cfg, E
-
-
-def _positive_int(v: Any, what: str) -> int:
-    if isinstance(v, bool) or not isinstance(v, int) or v < 1:
-        raise SpattnError(f"{what} must be a positive integer, got {v!r}")
-    return v
 
 
 class SparseAttention(nn.Module):
@@ -80,8 +75,8 @@ class SparseAttention(nn.Module):
                  *, bias: bool = True, dropout: float = 0.0, batch_first: bool = True,
                  scale: float | None = None, device: Any = None, dtype: Any = None):
         super().__init__()
-        E = _positive_int(embed_dim, "embed_dim")
-        H = _positive_int(num_heads, "num_heads")
+        E = positive_int(embed_dim, "embed_dim")
+        H = positive_int(num_heads, "num_heads")
         if E % H:
             raise SpattnError(f"embed_dim = {E} is not divisible by num_heads = {H}")
         if dropout != 0.0:
@@ -151,7 +146,7 @@ class SparseAttention(nn.Module):
         if len(groups) == 1:
             pat = f"pattern={str(self.patterns[0])!r}"
         else:
-            pat = "patterns={" + ", ".join(f"heads {_ranges(hs)}: {str(p)!r}"
+            pat = "patterns={" + ", ".join(f"heads {format_ranges(hs)}: {str(p)!r}"
                                            for p, hs in groups.items()) + "}"
         backend = (f"backend='auto' -> {self.resolved_backend!r}" if self.backend == "auto"
                    else f"backend={self.backend!r}")
@@ -252,7 +247,7 @@ class SparseEncoderLayer(nn.Module):
                  device: Any = None, dtype: Any = None):
         super().__init__()
         ff = dim_feedforward if dim_feedforward is not None else 4 * embed_dim
-        ff = _positive_int(ff, "dim_feedforward")
+        ff = positive_int(ff, "dim_feedforward")
         kw = {"device": device, "dtype": dtype}
         self.norm1 = nn.LayerNorm(embed_dim, **kw)
         self.attn = SparseAttention(embed_dim, num_heads, pattern, backend, bias=bias, **kw)

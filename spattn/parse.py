@@ -1,161 +1,26 @@
-"""Text → IR: parse a pattern program with the lark grammar and evaluate it into a pattern node.
+"""Text → IR: evaluate a pattern program's syntax tree into a pattern node.
 
-In: pattern text (a program: bindings, preset definitions, a final expression). Out: a raw
-(not yet canonical) :class:`spattn.ir.Node`. The grammar lives in ``grammar/spattn.lark``; the
-presets of ``grammar/prelude.spattn`` are defined by running that file through this module.
-Every error is a :class:`~spattn.errors.SpattnError` that shows the text with a caret.
+In: pattern text (a program: bindings, preset definitions, a final expression), parsed by
+:mod:`spattn.syntax`. Out: a raw (not yet canonical) :class:`spattn.ir.Node`. Names, presets
+(those of ``grammar/prelude.spattn`` are defined by running that file through this module),
+calls checked against the primitive table's signatures, integer expressions. Every error is a
+:class:`~spattn.errors.SpattnError` that shows the text with a caret.
 """
 
 from __future__ import annotations
 
 import difflib
-import re
 import threading
 from dataclasses import dataclass, field
 from importlib import resources
 
-from lark import Lark, Token, Tree
-from lark.exceptions import UnexpectedCharacters, UnexpectedEOF, UnexpectedInput, UnexpectedToken
+from lark import Token, Tree
 
-from . import ir
-from .errors import PatternNameError, PatternSyntaxError, SpattnError
+from . import ir, prims
+from .errors import PatternNameError, PatternSyntaxError
+from .syntax import MAX_TEXT, caret, fail, lift_long_lists, parse_tree
 
-MAX_TEXT = 1_000_000  # characters
-MAX_NESTING = 200  # brackets deep
-
-_lock = threading.RLock()  # prelude_env() builds the parser while holding it
-_parser: Lark | None = None
-
-
-class _Separators:
-    """Postlexer: newlines and ';' separate statements, except that newlines inside parentheses
-    or brackets are ignored; runs of separators count once, and leading or trailing ones are
-    dropped."""
-
-    always_accept = ("_SEP",)
-
-    def process(self, stream):
-        depth = 0
-        pending = None  # a separator waiting for the next statement
-        seen = False
-        for tok in stream:
-            if tok.type == "_SEP":
-                if depth and tok.value == "\n":
-                    continue
-                if seen and pending is None:
-                    pending = tok
-                continue
-            if tok.type in ("LPAR", "LSQB"):
-                depth += 1
-            elif tok.type in ("RPAR", "RSQB"):
-                depth = max(0, depth - 1)
-            if pending is not None:
-                yield pending
-                pending = None
-            seen = True
-            yield tok
-
-
-def _cache_path(src: str) -> str | bool:
-    """A private, per-user file for lark's parse tables (building them takes ~60 ms; loading
-    ~5 ms). Lark pickles the tables, so the file lives in a directory only this user can
-    write (never a shared /tmp name); without one, no cache is used."""
-    import hashlib
-    import os
-
-    try:
-        home = os.path.expanduser("~")
-        base = os.environ.get("XDG_CACHE_HOME") or os.path.join(home, ".cache")
-        d = os.path.join(base, "spattn")
-        os.makedirs(d, mode=0o700, exist_ok=True)
-        st = os.stat(d)
-        if st.st_uid != os.getuid() or st.st_mode & 0o022:
-            return False
-        import lark
-
-        h = hashlib.sha256((src + lark.__version__).encode()).hexdigest()[:16]
-        return os.path.join(d, f"grammar-{h}.lark-cache")
-    except (OSError, AttributeError):
-        return False
-
-
-def _get_parser() -> Lark:
-    global _parser
-    if _parser is None:
-        with _lock:
-            if _parser is None:
-                src = resources.files("spattn.grammar").joinpath("spattn.lark").read_text()
-                _parser = Lark(src, parser="lalr", lexer="basic", propagate_positions=True,
-                               maybe_placeholders=True, postlex=_Separators(),
-                               cache=_cache_path(src))
-    return _parser
-
-
-# --------------------------------------------------------------------------------------------
-# Error display
-
-_TOKEN_NAMES = {
-    "NAME": "a name", "INT": "an integer", "LPAR": "'('", "RPAR": "')'", "LSQB": "'['",
-    "RSQB": "']'", "COMMA": "','", "COLON": "':'", "SEMICOLON": "';'", "EQUAL": "'='",
-    "VBAR": "'|'", "AMPERSAND": "'&'", "MINUS": "'-'", "PLUS": "'+'", "STAR": "'*'",
-    "TILDE": "'~'", "PERCENT": "'%'", "__ANON_0": "'//'", "SLASH": "'//'", "_NL": "a newline",
-    "$END": "the end of the pattern", "_SEP": "a new statement",
-}
-
-
-def caret(src: str, line: int, col: int, label: str = "") -> str:
-    """The source line ``line`` (1-based) with a caret under column ``col`` (1-based)."""
-    lines = src.splitlines() or [""]
-    line = min(max(line, 1), len(lines))
-    text = lines[line - 1]
-    if len(text) > 120:  # window long lines around the column
-        lo = max(0, col - 60)
-        text, col = ("…" if lo else "") + text[lo:lo + 120], col - lo + (1 if lo else 0)
-    where = f"{label} line {line}" if label else f"line {line}"
-    prefix = f"  {where}: " if len(lines) > 1 or label else "  "
-    return f"{prefix}{text}\n{' ' * (len(prefix) + col - 1)}^"
-
-
-def _fail(cls, msg: str, src: str, meta, label: str = ""):
-    line = getattr(meta, "line", None)
-    col = getattr(meta, "column", None)
-    if line is not None and col is not None:
-        msg = f"{msg}\n{caret(src, line, col, label)}"
-    raise cls(msg)
-
-
-def _syntax_error(text: str, e: UnexpectedInput, label: str = "") -> PatternSyntaxError:
-    if isinstance(e, UnexpectedCharacters):
-        ch = text[e.pos_in_stream] if e.pos_in_stream < len(text) else ""
-        what = f"unexpected character {ch!r}"
-        if ch and ord(ch) > 127:
-            what += f" (U+{ord(ch):04X}; patterns are plain ASCII)"
-    elif isinstance(e, UnexpectedEOF):
-        what = "the pattern ends too early"
-    elif isinstance(e, UnexpectedToken):
-        tok = e.token
-        if tok.type == "$END":
-            what = "the pattern ends too early"
-        elif tok.type == "_SEP":
-            what = "unexpected end of statement"
-        else:
-            what = f"unexpected {str(tok)!r}"
-    else:  # pragma: no cover
-        what = "syntax error"
-    expected = sorted({_TOKEN_NAMES.get(t, t) for t in (getattr(e, "expected", None) or ())
-                       if not t.startswith("__")} - {"a new statement"})
-    msg = f"syntax error: {what}"
-    if expected:
-        msg += "; expected " + (", ".join(expected[:-1]) + " or " + expected[-1]
-                                if len(expected) > 1 else expected[0])
-    line, col = getattr(e, "line", 1), getattr(e, "column", 1)
-    at_end = isinstance(e, UnexpectedEOF) or (
-        isinstance(e, UnexpectedToken) and e.token.type == "$END")
-    if at_end or line in (None, -1):
-        lines = text.splitlines() or [""]
-        line, col = len(lines), len(lines[-1]) + 1
-    return PatternSyntaxError(f"{msg}\n{caret(text, line, col, label)}")
-
+_lock = threading.RLock()  # held while the prelude is evaluated
 
 # --------------------------------------------------------------------------------------------
 # Evaluation
@@ -209,7 +74,7 @@ class _Evaluator:
     def fail(self, msg, meta, cls=PatternNameError):
         if self.calling:
             msg = f"{msg} (in preset {self.calling[-1]!r})"
-        _fail(cls, msg, self.src, meta, self.label)
+        fail(cls, msg, self.src, meta, self.label)
 
     # -- expressions
     def eval(self, t, env: Env):
@@ -322,7 +187,7 @@ class _Evaluator:
                   "use `~p` for a complement", t.meta)
 
     def _known(self, env: Env) -> list[str]:
-        return sorted(set(ir.PRIMITIVES) | set(ir.FUNCTIONS) | set(env.values)
+        return sorted(set(prims.PRIMITIVES) | set(ir.FUNCTIONS) | set(env.values)
                       | set(env.presets) | {"n"})
 
     def _unknown(self, name: str, meta, env: Env):
@@ -336,8 +201,8 @@ class _Evaluator:
             return env.values[name]
         if name == "n":
             return ir.SeqLen()
-        if name in ir.PRIMITIVES:
-            spec = ir.PRIMITIVES[name]
+        if name in prims.PRIMITIVES:
+            spec = prims.PRIMITIVES[name]
             if not spec.params:
                 return ir.Prim(name)
             sig = ", ".join(p.name for p in spec.params)
@@ -391,15 +256,15 @@ class _Evaluator:
                     self.fail(f"{name}() needs integer arguments, got {_kind(v)}", c.meta)
                 args.append(v)
             return ir.fold(ir.Func(name, tuple(args), self._depth(tok, *args)))
-        if name in ir.PRIMITIVES:
+        if name in prims.PRIMITIVES:
             pos, kw = self._args(t, env)
-            return self._prim(ir.PRIMITIVES[name], pos, kw, tok)
+            return self._prim(prims.PRIMITIVES[name], pos, kw, tok)
         if name in env.values:
             self.fail(f"{name!r} is {_kind(env.values[name])}, not a preset; "
                       "it takes no arguments", tok)
         self._unknown(name, tok, env)
 
-    def _prim(self, spec: ir.PrimSpec, pos, kw, tok):
+    def _prim(self, spec: prims.Primitive, pos, kw, tok):
         sig = f"{spec.name}({', '.join(p.name for p in spec.params)})"
         if len(pos) > len(spec.params):
             self.fail(f"{spec.name} takes {len(spec.params)} argument(s), got {len(pos)}: "
@@ -433,10 +298,10 @@ class _Evaluator:
                 self.fail(f"{spec.name}: argument {par.name} = {v.value}; "
                           f"{par.name} must be >= {par.minimum}", meta)
             args.append(v)
-        if spec.name == "fixed" and all(isinstance(a, ir.Const) for a in args) \
-                and args[1].value > args[0].value:
-            self.fail(f"fixed: argument c = {args[1].value} exceeds l = {args[0].value}; "
-                      "fixed(l, c) needs 1 <= c <= l", tok)
+        vals = prims.const_values(tuple(args))
+        problem = None if vals is None else spec.check(vals)
+        if problem:
+            self.fail(problem, tok)
         return ir.Prim(spec.name, tuple(args))
 
     def _apply(self, pre: Preset, pos, kw, tok):
@@ -498,7 +363,7 @@ class _Evaluator:
         return None
 
     def _check_bindable(self, name, tok):
-        if name in ir.PRIMITIVES or name in ir.FUNCTIONS or name == "n":
+        if name in prims.PRIMITIVES or name in ir.FUNCTIONS or name == "n":
             self.fail(f"cannot rebind the built-in name {name!r}", tok)
 
     def _define(self, s: Tree, env: Env):
@@ -530,9 +395,9 @@ class _Evaluator:
                 if nm == name:
                     self.fail(f"recursive preset: {name} uses itself", tk)
                 if sub.data == "name" and nm not in params and nm not in env.values \
-                        and nm not in env.presets and nm not in ir.PRIMITIVES and nm != "n":
+                        and nm not in env.presets and nm not in prims.PRIMITIVES and nm != "n":
                     self._unknown(nm, tk, env)
-                if sub.data == "call" and nm not in env.presets and nm not in ir.PRIMITIVES \
+                if sub.data == "call" and nm not in env.presets and nm not in prims.PRIMITIVES \
                         and nm not in ir.FUNCTIONS:
                     self._unknown(nm, tk, env)
         env.presets[name] = Preset(name, tuple(params), defaults, body, env.child(), self.src,
@@ -542,41 +407,6 @@ class _Evaluator:
 
 def _flat(cls, node):
     return node.items if isinstance(node, cls) else (node,)
-
-
-def _nesting(text: str) -> int:
-    depth = best = 0
-    for ch in text:
-        if ch in "([":
-            depth += 1
-            best = max(best, depth)
-        elif ch in ")]":
-            depth -= 1
-    return best
-
-
-def _parse_tree(text: str, label: str = "") -> Tree:
-    if not isinstance(text, str):
-        raise PatternSyntaxError(f"pattern text must be a str, got {type(text).__name__}")
-    if len(text) > MAX_TEXT:
-        raise PatternSyntaxError(f"pattern text is {len(text):,} characters; the limit is "
-                                 f"{MAX_TEXT:,}")
-    if "\x00" in text:
-        pos = text.index("\x00")
-        before = text[:pos]
-        line = before.count("\n") + 1
-        col = pos - (before.rfind("\n") + 1) + 1
-        raise PatternSyntaxError("syntax error: NUL character in pattern text\n"
-                                 + caret(text.replace("\x00", " "), line, col, label))
-    if _nesting(text) > MAX_NESTING:
-        raise PatternSyntaxError(f"pattern nests brackets {_nesting(text)} deep; the limit is "
-                                 f"{MAX_NESTING}")
-    try:
-        return _get_parser().parse(text)
-    except UnexpectedInput as e:
-        raise _syntax_error(text, e, label) from None
-    except RecursionError:  # pragma: no cover - guarded by MAX_NESTING
-        raise PatternSyntaxError("pattern is too deeply nested") from None
 
 
 _prelude_env: Env | None = None
@@ -590,40 +420,18 @@ def prelude_env() -> Env:
             if _prelude_env is None:
                 src = resources.files("spattn.grammar").joinpath("prelude.spattn").read_text()
                 env = Env()
-                _Evaluator(src, "prelude").run(_parse_tree(src, "prelude"), env,
+                _Evaluator(src, "prelude").run(parse_tree(src, "prelude"), env,
                                                final_required=False)
                 _prelude_env = env
     return _prelude_env
-
-
-_LONG_LIST = re.compile(r"\[[ \t]*-?[0-9]+(?:[ \t]*,[ \t]*-?[0-9]+){15,}[ \t]*,?[ \t]*\]")
-
-
-def _lift_long_lists(text: str) -> tuple[str, dict]:
-    """Replace long literal index lists (16+ integers on one line) by same-length names bound
-    to the list: LALR parsing costs ~10 µs a token, and a 100,000-entry list would otherwise
-    take seconds. Columns of everything else are unchanged, so carets stay right."""
-    if text.count(",") < 15:
-        return text, {}
-    lists: dict = {}
-
-    def sub(m: re.Match) -> str:
-        name = f"_spattn_list_{len(lists)}"
-        if len(name) > len(m.group(0)):
-            return m.group(0)
-        vals = [int(x) for x in re.findall(r"-?[0-9]+", m.group(0))]
-        lists[name] = ir.IndexList(tuple(ir.Const(v) for v in vals))
-        return name.ljust(len(m.group(0)))
-
-    return _LONG_LIST.sub(sub, text), lists
 
 
 def parse_program(text: str, env: Env | None = None, label: str = "") -> ir.Node:
     """Parse and evaluate a pattern program; returns the (raw) pattern node."""
     if not isinstance(text, str):
         raise PatternSyntaxError(f"pattern text must be a str, got {type(text).__name__}")
-    lifted, lists = _lift_long_lists(text) if len(text) <= MAX_TEXT else (text, {})
-    tree = _parse_tree(lifted, label)
+    lifted, lists = lift_long_lists(text) if len(text) <= MAX_TEXT else (text, {})
+    tree = parse_tree(lifted, label)
     env = (env or prelude_env()).child()
     env.values.update(lists)
     try:
@@ -635,7 +443,7 @@ def parse_program(text: str, env: Env | None = None, label: str = "") -> ir.Node
 def parse_definitions(text: str, env: Env | None = None, label: str = "") -> Env:
     """Run a program of bindings and preset definitions (no final expression needed) and
     return the resulting environment. Used for user prelude files and YAML configs."""
-    tree = _parse_tree(text, label)
+    tree = parse_tree(text, label)
     env = (env or prelude_env()).child()
     _Evaluator(text, label).run(tree, env, final_required=False)
     return env
@@ -646,5 +454,5 @@ def presets() -> dict[str, tuple[str, ...]]:
     return {k: v.params for k, v in prelude_env().presets.items()}
 
 
-__all__ = ["parse_program", "parse_definitions", "prelude_env", "presets", "caret",
-           "SpattnError", "Env"]
+__all__ = ["parse_program", "parse_definitions", "prelude_env", "presets", "caret", "Env",
+           "MAX_TEXT"]

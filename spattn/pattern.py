@@ -1,20 +1,23 @@
 """The public :class:`Pattern` object and :func:`compile`.
 
 In: pattern text or IR. Out: an immutable, hashable :class:`Pattern` holding the canonical IR,
-with the algebra (``| & - ~``) and entry points to lowering (``to_csr``, ``to_dense``,
-``nnz``), analysis (``stats``) and block layouts (``to_blocks``). Those entry points import
-their modules lazily, so the IR layer depends on nothing above it.
+with the algebra (``| & - ~``) and the facade of every pass: lowering (``to_csr``,
+``to_dense``, ``nnz``), analysis (``stats``), block layouts (``to_blocks``) and FlexAttention
+(``mask_mod``). The passes take IR nodes, never text or Patterns, and never import this module:
+``Pattern`` unwraps itself here. They are imported lazily, so ``import spattn`` stays light.
 """
 
 from __future__ import annotations
 
-import functools
 from typing import TYPE_CHECKING, Any
 
 from . import ir
+from .cache import LRUCache
 from .canon import canonicalize
+from .checks import check_n
 from .errors import SpattnError
 from .parse import parse_program
+from .printing import text
 
 if TYPE_CHECKING:  # pragma: no cover
     import numpy as np
@@ -77,7 +80,7 @@ class Pattern:
     # -- identity
     def __str__(self) -> str:
         if self._text is None:
-            object.__setattr__(self, "_text", ir.text(self.node))
+            object.__setattr__(self, "_text", text(self.node))
         return self._text
 
     def __repr__(self) -> str:
@@ -146,30 +149,32 @@ class Pattern:
 
         return csr_rows(self.node, n, start, stop)
 
-    # -- analysis and GPU lowering (filled in by their modules)
+    # -- analysis, block layouts, FlexAttention
     def stats(self, n: int, block_size: int = 128):
         """Figures that help choose a pattern at sequence length ``n``: see :class:`Stats`."""
         from .analysis import stats
 
-        return stats(self, n, block_size=block_size)
+        return stats(self.node, n, block_size=block_size)
 
     def to_blocks(self, n: int, block_size: int = 128, key_block_size: int | None = None,
                   *, m: int | None = None):
         """The block layout for the GPU backend: see :class:`spattn.BlockLayout`."""
         from .blocks import to_blocks
 
-        return to_blocks(self, n, block_size=block_size, key_block_size=key_block_size, m=m)
+        return to_blocks(self.node, n, block_size=block_size, key_block_size=key_block_size,
+                         m=m)
 
     def mask_mod(self, n: int):
-        """A FlexAttention ``mask_mod(b, h, q_idx, kv_idx)`` that evaluates this pattern."""
+        """A FlexAttention ``mask_mod(b, h, q_idx, kv_idx)`` that evaluates this pattern at
+        sequence length ``n`` (torch-traceable; index sets and random keys are captured
+        tensors)."""
         from .blocks import mask_mod
 
-        return mask_mod(self, n)
+        return mask_mod(self.node, check_n(n))
 
 
-@functools.lru_cache(maxsize=4096)
-def _compile_text(text: str) -> Pattern:
-    return Pattern(parse_program(text))
+#: parsed and canonicalised patterns, by their text
+COMPILED: LRUCache[str, Pattern] = LRUCache("patterns", max_entries=4096)
 
 
 def compile(pattern: str | Pattern) -> Pattern:  # noqa: A001 - public name from the SPEC
@@ -180,7 +185,7 @@ def compile(pattern: str | Pattern) -> Pattern:  # noqa: A001 - public name from
     if not isinstance(pattern, str):
         raise SpattnError(f"a pattern must be text or a spattn.Pattern, got "
                           f"{type(pattern).__name__}: {pattern!r:.80}")
-    return _compile_text(pattern)
+    return COMPILED.get_or_create(pattern, lambda: Pattern(parse_program(pattern)))
 
 
 def as_pattern(p: Any) -> Pattern:

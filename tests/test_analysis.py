@@ -12,7 +12,11 @@ from hypothesis import strategies as st
 from reference import oracle_mask
 
 import spattn
-from spattn import analysis
+from spattn.analysis.blockfig import block_figures
+from spattn.analysis.families import families
+from spattn.analysis.kv import kv_cache
+from spattn.analysis.receptive import depths, rf_bitset, rf_structural
+from spattn.analysis.rows import row_figures
 
 # --------------------------------------------------------------------------------------------
 # Brute-force references (dense, small n)
@@ -66,7 +70,7 @@ def ref_rf(m: np.ndarray) -> dict:
     n = len(m)
     fin = np.isfinite(d)
     hops = int(d[fin].max())
-    cov = {L: float((d <= L).sum()) / (n * n) for L in analysis._depths(hops)}
+    cov = {L: float((d <= L).sum()) / (n * n) for L in depths(hops)}
     return {"reachable": float(fin.sum()) / (n * n), "hops_to_full": hops, "coverage": cov}
 
 
@@ -167,7 +171,7 @@ def test_stats_match_brute_force(text, n, B):
     assert all(s.exact.values())
     json.dumps(s.to_dict())
     # the bit-set search used at moderate n gives the same answer
-    bits = analysis._rf_bitset(p.node, n, r["nnz"], work_cap=1e12)
+    bits = rf_bitset(p.node, n, r["nnz"], work_cap=1e12)
     assert bits["hops_to_full"] == rf["hops_to_full"]
     assert _close(bits["reachable"], rf["reachable"])
     assert all(_close(bits["coverage"][L], v) for L, v in rf["coverage"].items())
@@ -182,20 +186,20 @@ def test_large_n_methods_match_brute_force(text, n, B, mode):
     p, m = _lowerable(text, n)
     if p is None:
         return
-    f = analysis.families(p.node, n, mode=mode)
+    f = families(p.node, n, mode=mode)
     if f is None:
         return
     r = ref_row(m)
-    rows = analysis._row_figures(f)
+    rows = row_figures(f)
     assert (rows["nnz"], rows["min"], rows["max"], rows["empty"], rows["causal"]) == (
         r["nnz"], r["min"], r["max"], r["empty"], r["causal"])
     assert rows["diag"] == int(np.trace(m))
-    b = analysis._block_figures(f, B)
+    b = block_figures(f, B)
     nz, full = ref_blocks(m, B)
     assert (b["nonzero"], b["full"]) == (nz, full)
     if r["causal"]:
-        assert analysis._kv_cache(f) == ref_kv(m)
-    rf = analysis._rf_structural(f)
+        assert kv_cache(f) == ref_kv(m)
+    rf = rf_structural(f)
     if rf is not None:
         ref = ref_rf(m)
         assert rf["hops_to_full"] == ref["hops_to_full"]
@@ -205,7 +209,7 @@ def test_large_n_methods_match_brute_force(text, n, B, mode):
 
 
 def test_block_figures_agree_with_block_structure():
-    from spattn.blocks import block_structure
+    from block_rows import block_structure
 
     for text in ["local(64) | global([0,-1])", "streaming(4, 256)", "block(256)",
                  "dilated(32, 4) | local(16)", "fixed(128, 16) & causal"]:

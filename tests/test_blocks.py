@@ -8,13 +8,13 @@ import time
 
 import numpy as np
 import pytest
+from block_rows import block_structure
 from hypothesis import given
 from hypothesis import strategies as st
 from reference import oracle_mask
 from strategies import sized_patterns
 
 import spattn
-from spattn.blocks import block_structure
 from spattn.suite import SUITE  # noqa: E402 - the shared standard suite
 
 

@@ -128,3 +128,49 @@ def test_explain_tree_with_densities():
     assert "canonical: (global([0, -1]) | local(16)) - causal" in out
     assert "union" in out and "difference" in out and "local(16)" in out
     assert out.count("density") == 5
+
+
+def test_python_dash_m_runs_the_cli():
+    r = subprocess.run([sys.executable, "-m", "spattn.cli", "--version"], capture_output=True,
+                       text=True, timeout=120)
+    assert r.returncode == 0 and r.stdout.startswith("spattn ")
+    r = subprocess.run([sys.executable, "-m", "spattn.cli", "stats", "local(1)", "-n", "0"],
+                       capture_output=True, text=True, timeout=120)
+    assert r.returncode == 2 and "Traceback" not in r.stderr
+
+
+def _relative_imports(path) -> list[tuple[int, str]]:
+    import ast
+
+    out = []
+    for node in ast.walk(ast.parse(path.read_text())):
+        if isinstance(node, ast.ImportFrom) and node.level:
+            mod = node.module or ""
+            if node.level == 1 and not mod:
+                out += [(1, a.name) for a in node.names]
+            else:
+                out.append((node.level, mod))
+        elif isinstance(node, ast.Import):
+            out += [(0, a.name) for a in node.names]
+    return out
+
+
+def test_cli_package_has_no_import_cycle():
+    """base imports neither the package nor a command; each command imports only base from
+    the package (plus spattn's library modules)."""
+    from pathlib import Path
+
+    import spattn.cli as cli
+
+    root = Path(cli.__file__).parent
+    commands = {"stats", "show", "explain", "check"}
+    assert commands <= {p.stem for p in root.glob("*.py")}
+    for path in root.glob("*.py"):
+        if path.stem in ("__init__", "__main__"):
+            continue
+        for level, mod in _relative_imports(path):
+            assert not (level == 0 and mod.startswith("spattn.cli")), (path.name, mod)
+            if level == 1:
+                assert path.stem != "base", f"base.py imports .{mod}"
+                assert mod == "base", f"{path.name} imports .{mod}; commands import only .base"
+    assert set(cli.COMMANDS) >= commands

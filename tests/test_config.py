@@ -1,4 +1,4 @@
-"""YAML configs (spattn.load / spattn.config.loads) and `spattn check` (cli_check).
+"""YAML configs (spattn.load / spattn.config.loads) and `spattn check` (spattn.cli.check).
 
 Compiled patterns are checked against the oracle masks of the equivalent hand-written text;
 errors are checked for file, line, key and the offending input.
@@ -14,7 +14,8 @@ import pytest
 from reference import oracle_mask
 
 import spattn
-from spattn.config import Config, cli_check, load, loads
+from spattn.cli.check import check_file
+from spattn.config import Config, format_ranges, load, loads
 
 EXAMPLE = Path(__file__).resolve().parents[1] / "examples" / "patterns.yaml"
 
@@ -229,7 +230,7 @@ def test_alias_bomb_is_refused_without_expanding():
 
 
 def _check_output(capsys, path) -> tuple[int, str]:
-    rc = cli_check(str(path))
+    rc = check_file(str(path))
     cap = capsys.readouterr()
     return rc, cap.out + cap.err
 
@@ -270,3 +271,15 @@ def test_cli_check_config_error(tmp_path, capsys):
     assert rc == 1 and "a -> b -> a" in out.replace("\n", "")
     rc, out = _check_output(capsys, tmp_path / "nope.yaml")
     assert rc == 1 and "no such file" in out
+
+
+def test_format_ranges():
+    assert format_ranges([]) == ""
+    assert format_ranges([3]) == "3"
+    assert format_ranges([0, 1, 2, 5, 7, 8]) == "0-2,5,7-8"
+
+
+def test_config_module_only_loads_and_validates():
+    import spattn.config as config
+
+    assert not hasattr(config, "cli_check") and not hasattr(config, "_ranges")

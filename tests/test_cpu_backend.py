@@ -219,17 +219,17 @@ def test_hypothesis_gradients(data):
 @pytest.mark.parametrize("how", [("natural", 1, 32), ("natural", 1, 128), ("mod", 3, 32),
                                  ("mod", 7, 64), ("rows", 1, 1)])
 @pytest.mark.parametrize("bitmap", [True, False])
-def test_every_tiling_is_exact(monkeypatch, how, bitmap):
+def test_every_tiling_is_exact(how, bitmap):
     """Force each row order / tile height and both union algorithms; all must be exact."""
-    from spattn.backends import _cpu_plan, cpu
+    from spattn.backends import cpu
 
-    monkeypatch.setattr(_cpu_plan, "_choose", lambda *a, **k: (how, 1.0))
-    monkeypatch.setattr(_cpu_plan, "_use_bitmap", lambda *a: bitmap)
     cpu.PLANS.clear()
     try:
         n, m = 301, 200
         for text in ("strided(16) | global([3])", "dilated(3, 7) | random(2)",
                      "fixed(32, 4) & causal | sink(2)"):
+            p = spattn.compile(text)
+            cpu.PLANS.put((p, n, m), cpu.build_plan(p.node, n, m, tiling=how, bitmap=bitmap))
             q, k, v = _qkv(1, 2, m, n, 8, grad=True)
             out = spattn.attention(q, k, v, text, backend="cpu")
             mask = oracle_mask(text, n)
@@ -248,9 +248,9 @@ def test_every_tiling_is_exact(monkeypatch, how, bitmap):
 def test_head_major_fast_path(text, n, m):
     """Plans whose tiles are all strided read (B, H, S, D) in place (fused block runs
     included): exact forward and gradients against the float64 dense reference."""
-    from spattn.backends.cpu import _all_strided
+    from spattn.backends.cpu import all_strided
 
-    assert _all_strided(get_plan(spattn.compile(text), n, m))
+    assert all_strided(get_plan(spattn.compile(text), n, m))
     q, k, v = _qkv(2, 2, m, n, 16, grad=True)
     out = spattn.attention(q, k, v, text, backend="cpu")
     mask = oracle_mask(text, n)
@@ -262,12 +262,12 @@ def test_head_major_fast_path(text, n, m):
 
 
 def test_head_major_fused_runs_heads_dtypes_strides():
-    from spattn.backends.cpu import _fast_runs
+    from spattn.backends.cpu import fast_runs
 
     n = 1024
     plan = get_plan(spattn.compile("block(256)"), n, n)
     (g,) = plan.components[0].groups
-    assert [(t, s) for t, s, _, _ in _fast_runs(g)] == [(4, 256)]  # one call, 4 blocks
+    assert [(t, s) for t, s, _, _ in fast_runs(g)] == [(4, 256)]  # one call, 4 blocks
     # heads sharing an all-strided plan among others; half precision; non-contiguous input
     pats = ["block(128)", "local(8)", "block(128)", "none"]
     masks = [oracle_mask(p, n) for p in pats]

@@ -195,7 +195,7 @@ def test_concurrent_compile_and_lower_matches_serial():
         p = spattn.compile(t)
         return str(p), p.to_csr(97).indices.tobytes(), p.nnz(131)
 
-    pattern._compile_text.cache_clear()
+    pattern.COMPILED.clear()
     with cf.ThreadPoolExecutor(8) as ex:
         parallel = list(ex.map(work, texts))
     serial = [work(t) for t in texts]

@@ -137,14 +137,17 @@ def test_lse_matches_reference():
 
 def test_predicate_matches_blocks_mask():
     """The generated Triton predicate's parameters evaluate the same mask as numpy."""
-    from spattn.backends._triton_codegen import mask_params, predicate_source
+    from spattn.backends.triton_codegen import generate
+
+    from spattn.bind import bind
 
     for text in SUITE.values():
         node = spattn.compile(text).node
-        src = predicate_source(node)
+        src, prm, tab = generate(bind(node, 300), 300)
         assert "def _mask_fn" in src
-        prm, tab = mask_params(node, 300)
         assert prm.dtype == np.int32 and tab.dtype == np.int32
+        # the code depends on the structure only: the same source at another n
+        assert generate(bind(node, 1000), 1000)[0] == src
 
 
 def test_backend_availability(monkeypatch):
@@ -178,14 +181,14 @@ def test_cuda_auto_picks_triton():
 
 def test_device_transpose_matches_layout_transpose():
     """The backward's transposed lists, built with torch (on the GPU in production)."""
-    from spattn.backends.triton_gpu import _device_transpose
+    from spattn.backends.triton_gpu import device_transpose
 
     L = spattn.compile("bigbird(8, [0:3], 3) - causal").to_blocks(300, 16, 32)
     for ptr, idx, tp, ti, cnt in ((L.full_ptr, L.full_idx, L.full_t_ptr, L.full_t_idx,
                                    L.num_full),
                                   (L.part_ptr, L.part_idx, L.part_t_ptr, L.part_t_idx,
                                    L.num_partial)):
-        a, b = _device_transpose(torch.from_numpy(ptr), torch.from_numpy(idx), cnt,
+        a, b = device_transpose(torch.from_numpy(ptr), torch.from_numpy(idx), cnt,
                                  L.num_k_blocks)
         np.testing.assert_array_equal(a.numpy(), tp)
         np.testing.assert_array_equal(b.numpy()[:len(ti)], ti)
@@ -196,8 +199,72 @@ def test_device_transpose_matches_layout_transpose():
 def test_stride_permutation(pats, m):
     """[causal &] (stride(s) | R) runs R normally and the stride part in an order sorted by
     position mod s (dense blocks), merged by log-sum-exp; exact in both passes."""
-    from spattn.backends.triton_gpu import _decompose
+    from spattn.backends.triton_gpu import decompose
 
     first = pats if isinstance(pats, str) else pats[0]
-    assert _decompose(spattn.compile(first), 300, m, 16) is not None
+    assert decompose(spattn.compile(first), 300, m, 16) is not None
     run_case(pats, n=300, m=m, D=16, H=2, block=(16, 16))
+
+
+def _planted_module(tmp_path, marker):
+    return f"open({str(marker)!r}, 'w').write('pwned')\n"
+
+
+@pytest.mark.parametrize("how", ["shared-0777-root", "other-owner-root", "altered-file",
+                                 "old-temp-dir"])
+def test_planted_kernel_module_is_never_executed(tmp_path, monkeypatch, how):
+    """The attack: another user of the machine predicts the generated module's name (it is the
+    hash of public source) and plants a file there. spattn compiles kernels from the source it
+    generated in memory, uses the cache directory only when it is private, and never imports a
+    file it finds."""
+    import hashlib
+    import os
+    import tempfile
+
+    from spattn.backends import triton_codegen
+    from spattn.backends.triton_kernels import TEMPLATE
+
+    from spattn.bind import bind
+
+    pred, _, _ = triton_codegen.generate(bind(spattn.compile("local(3) | sink(2)").node, 64), 64)
+    src = TEMPLATE.replace("# @MASK_FN@", pred)
+    digest = hashlib.sha256(src.encode()).hexdigest()
+    marker = tmp_path / "pwned"
+    planted = _planted_module(tmp_path, marker)
+    root = tmp_path / "cache"
+    root.mkdir()
+    monkeypatch.setenv("SPATTN_CACHE_DIR", str(root))
+    if how == "shared-0777-root":
+        os.chmod(root, 0o777)
+    elif how == "other-owner-root":
+        if os.getuid() != 0:
+            pytest.skip("needs root to give the directory to another user")
+        os.chown(root, 65534, 65534)
+    if how == "old-temp-dir":  # where earlier versions wrote and imported kernels
+        d = os.path.join(tempfile.gettempdir(), f"spattn_triton_{os.getuid()}")
+        os.makedirs(d, exist_ok=True)
+        target = os.path.join(d, f"spattn_k_{digest[:20]}.py")
+    else:
+        (root / "triton").mkdir(mode=0o700)
+        target = root / "triton" / f"spattn_k_{digest[:20]}.py"
+    with open(target, "w") as f:
+        f.write(planted)
+    triton_codegen.MODULES.clear()
+    with pytest.warns(UserWarning) if how in ("shared-0777-root", "other-owner-root") \
+            else _no_warning():
+        mod = triton_codegen.kernel_module(pred)
+    assert hasattr(mod, "_fwd") and hasattr(mod, "_bwd_dkdv")
+    assert not marker.exists(), "a planted module was executed"
+    if how == "altered-file":  # the private copy is rewritten with the generated source
+        assert open(target).read() == src
+    triton_codegen.MODULES.clear()
+    if how == "old-temp-dir":
+        os.remove(target)
+
+
+class _no_warning:
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        return False

@@ -1,6 +1,6 @@
 """Triton kernel templates for block-sparse attention over a :class:`spattn.BlockLayout`.
 
-In: nothing at import (the template is text). :mod:`._triton_codegen` pastes a pattern's
+In: nothing at import (the template is text). :mod:`.triton_codegen` pastes a pattern's
 generated ``_mask_fn`` into ``TEMPLATE`` and imports the result. Out (in the generated
 module): ``_fwd`` (online softmax over the layout's full then partial key blocks; the element
 mask only on partial blocks; writes the output and the base-2 log-sum-exp), ``_bwd_dq`` (dq

@@ -1,8 +1,8 @@
-"""Execution plans for the CPU backend: an exact partition of a pattern into dense tiles.
+"""The CPU backend's planner: an exact partition of a pattern into dense tiles.
 
 In: a canonical pattern node, ``n`` keys and ``m`` queries (the last m positions). Out: a
-:class:`Plan`, a list of *components*; each component is a set of *tiles*, a tile being a few
-query rows and the sorted union of the keys those rows attend in that component, with an
+:class:`~.cpu_plan.Plan`, a list of *components*; each component is a set of *tiles*, a tile
+being a few query rows and the sorted union of the keys those rows attend in that component, with an
 additive mask (0 / -inf) that keeps exactly the component's pairs. Every (query, key) pair of
 the pattern lies in exactly one tile of exactly one component, and a query row appears in at
 most one tile per component, so each component yields a softmax partial ``(out, lse)`` per row
@@ -28,24 +28,24 @@ too. A tile's key set is the union of its rows' intervals, computed with a bitma
 (tiles x n) cells or by sorting the intervals, whichever is cheaper; a pattern's plan therefore
 costs time and memory proportional to its intervals plus the tiles' area, never n x n.
 
-Tiles of a component are bucketed by padded key count (about 12 % padding at most), and each
-bucket runs as one batched fused attention call. A bucket's keys are read from the tiles'
-contiguous key runs, and its 0 / -inf mask is written straight as float32 bit patterns from
-each row's slot interval (or, for rows with several, a flat int8 running sum of interval
-starts and ends): about 5 bytes of work per score slot. Runs of tiles whose query rows and keys are
-arithmetic progressions (band tiles, residue-class tiles) are marked so that the executor reads
-them through strided views of the inputs instead of gathering them.
+Tiles of a component are bucketed by padded key count (about 12 % padding at most); each
+bucket runs as one batched fused attention call with a 0 / -inf mask written straight as
+float32 bit patterns from each row's slot intervals. Runs of tiles whose query rows and keys
+are arithmetic progressions (band, residue-class tiles) are read through strided views
+(:class:`Strides`) instead of gathered.
 """
 
 from __future__ import annotations
-
-from dataclasses import dataclass, field
 
 import numpy as np
 import torch
 
 from spattn import guard, ir
-from spattn.lower import check_n
+from spattn.bind import bind
+from spattn.checks import check_n
+from spattn.lower import row_intervals
+
+from .cpu_plan import Component, Group, Plan, Segment, Strides
 
 #: Cost model constants (nanoseconds-ish per unit; only ratios matter).
 _AREA_NS_PER_D = 1.0 / 12.0  # one score element, per unit of head dim (fwd+bwd-ish)
@@ -56,75 +56,6 @@ _BITMAP_CELLS = 1 << 24  # tiles x n cells per bitmap chunk (16 MiB of bool)
 _TILE_HEIGHTS = (32, 64, 128)
 
 
-@dataclass
-class Group:
-    """Tiles of one shape (``bq`` query rows x ``L`` keys), run as one batched call."""
-
-    T: int
-    bq: int
-    L: int
-    qg: torch.Tensor  # (T*bq,) query row gathered per slot (padding slots read row 0)
-    qs: torch.Tensor  # (T*bq,) where a slot's result goes (padding slots go to row m)
-    kidx: torch.Tensor  # (T*L,) key per slot (padding slots read key 0, masked)
-    bias: torch.Tensor | None  # (T, 1, bq, L) additive mask, None when every slot is live
-    #: runs of tiles ``(a, b, strides)``: ``strides`` is None (gather rows by index) or
-    #: ``(q0, q_tile, q_step, k0, k_tile, k_step)``: tile t of the run reads query rows
-    #: q0 + t*q_tile + i*q_step and keys k0 + t*k_tile + j*k_step (strided views, no copy)
-    segments: list = field(default_factory=list)
-    _cast: dict = field(default_factory=dict, repr=False)  # bias per dtype
-    #: the executor's fused head-major runs of ``segments`` (computed on first use)
-    fast_runs: list | None = field(default=None, repr=False)
-
-    def bias_as(self, dtype: torch.dtype) -> torch.Tensor | None:
-        if self.bias is None or dtype == self.bias.dtype:
-            return self.bias
-        b = self._cast.get(dtype)
-        if b is None:
-            b = self._cast[dtype] = self.bias.to(dtype)
-        return b
-
-
-@dataclass
-class Component:
-    """A set of pairs tiled under one row order."""
-
-    kind: str  # "all", "band", "periodic(s)", "rest", "heavy"
-    order: str  # "natural", "mod s", "rows"
-    groups: list[Group]
-    nnz: int
-    area: int
-
-
-@dataclass
-class Plan:
-    """How to run one pattern at (n, m): components of tiles, plus row bookkeeping."""
-
-    n: int
-    m: int
-    nnz: int
-    components: list[Component]
-    empty: torch.Tensor  # (m,) bool: rows with no key at all
-    plan_seconds: float = 0.0
-
-    @property
-    def area(self) -> int:
-        return sum(c.area for c in self.components)
-
-    def describe(self) -> str:
-        parts = []
-        for c in self.components:
-            tiles = sum(g.T for g in c.groups)
-            strided = sum(b - a for g in c.groups for a, b, st in g.segments if st is not None)
-            parts.append(f"{c.kind}[{c.order}, {len(c.groups)} groups, {tiles} tiles "
-                         f"({strided / max(1, tiles):.0%} strided), eff "
-                         f"{c.nnz / max(1, c.area):.0%}]")
-        return f"nnz {self.nnz:,}, area {self.area:,}: " + " + ".join(parts)
-
-
-# ---------------------------------------------------------------------------------------------
-# helpers
-
-
 def _bucket(L: np.ndarray) -> np.ndarray:
     """Pad key counts to at most ~12.5 % more, so that tiles fall into few shape buckets."""
     L = np.maximum(L, 1)
@@ -133,20 +64,13 @@ def _bucket(L: np.ndarray) -> np.ndarray:
 
 
 def _periods(node: ir.Node, n: int) -> list[int]:
-    """Periods of the pattern's ``stride`` and ``dilated`` primitives at ``n`` (2 <= s < n)."""
+    """Steps of the pattern's key progressions (``stride``, ``dilated``) at ``n``
+    (2 <= s < n), from the primitive table."""
     out: set[int] = set()
-    stack = [node]
-    while stack:
-        x = stack.pop()
-        if isinstance(x, ir.Prim) and x.name in ("stride", "dilated"):
-            try:
-                a = ir.prim_args(x, n)
-            except Exception:  # noqa: BLE001 - lowering reports argument errors itself
-                continue
-            s = a[0] if x.name == "stride" else a[1]
-            if 2 <= s < n:
-                out.add(int(s))
-        stack.extend(ir.children(x))
+    for p in bind(node, n).prims():
+        s = p.spec.progression_step(p.args)
+        if s is not None and 2 <= s < n:
+            out.add(int(s))
     return sorted(out)
 
 
@@ -340,24 +264,25 @@ def _segments(kid: np.ndarray, qs: np.ndarray, Lt: np.ndarray, m: int, n: int):
         else:
             dq = dk = 0
         if u - t >= _MIN_RUN or bq * Lv >= 4096:
-            runs.append((t, u, (int(qa[t]), int(dq), int(qstep[t]), int(ka[t]), int(dk),
-                                int(kstep[t]))))
+            runs.append((t, u, Strides(int(qa[t]), int(dq), int(qstep[t]), int(ka[t]),
+                                       int(dk), int(kstep[t]))))
         t = u
     used = np.zeros(Tg, bool)
     perm, segments, pos = [], [], 0
     for a, b, st in runs:
         perm.append(np.arange(a, b))
         used[a:b] = True
-        segments.append((pos, pos + b - a, st))
+        segments.append(Segment(pos, pos + b - a, st))
         pos += b - a
     rest = np.flatnonzero(~used)
     if len(rest):
         perm.append(rest)
-        segments.append((pos, Tg, None))
+        segments.append(Segment(pos, Tg, None))
     return np.concatenate(perm) if perm else np.arange(Tg), segments
 
 
-def _build(iv: _Iv, kind: str, how: tuple, off: int, n: int, m: int) -> Component:
+def _build(iv: _Iv, kind: str, how: tuple, off: int, n: int, m: int,
+           bitmap: bool | None = None) -> Component:
     order, s, bq = how
     if order == "rows":
         o = np.argsort(iv.r * (n + 1) + iv.lo, kind="stable")
@@ -381,7 +306,9 @@ def _build(iv: _Iv, kind: str, how: tuple, off: int, n: int, m: int) -> Componen
             np.cumsum(kcol, out=kcol)
     else:
         tile, islot, rows, T = _tiles(iv, order, s, bq, off, n, m)
-    if order != "rows" and not _use_bitmap(T, n, len(iv)):
+    if bitmap is None:
+        bitmap = _use_bitmap(T, n, len(iv))
+    if order != "rows" and not bitmap:
         o, group, mt, mlo, mhi = _merge(tile, iv.lo, iv.hi, n)
         mlen = mhi - mlo
         L = np.bincount(mt, weights=mlen, minlength=T).astype(np.int64)
@@ -510,11 +437,12 @@ def _split_band(iv: _Iv, band: tuple[int, int], off: int) -> tuple[_Iv, _Iv]:
     return parts[0], _cat(parts[1], parts[2])
 
 
-def build_plan(node: ir.Node, n: int, m: int, D: int = 64) -> Plan:
-    """Plan attention for pattern ``node`` with ``n`` keys and the last ``m`` rows as queries."""
+def build_plan(node: ir.Node, n: int, m: int, D: int = 64, *, tiling: tuple | None = None,
+               bitmap: bool | None = None) -> Plan:
+    """Plan attention for pattern ``node`` with ``n`` keys and the last ``m`` rows as queries.
+    ``tiling`` = (order, s, rows per tile) and ``bitmap`` (union tile keys by bitmap or by
+    sorting) override the cost model's choices for every component (for tests)."""
     import time
-
-    from spattn.lower import row_intervals
 
     t0 = time.perf_counter()
     n = check_n(n)
@@ -558,6 +486,8 @@ def build_plan(node: ir.Node, n: int, m: int, D: int = 64) -> Plan:
     memo: dict[int, tuple] = {}
 
     def choose(c):
+        if tiling is not None:
+            return tiling, 1.0
         k = id(c[1])
         if k not in memo:
             memo[k] = _choose(c[1], c[2], off, n, m, D, c[3])
@@ -569,16 +499,6 @@ def build_plan(node: ir.Node, n: int, m: int, D: int = 64) -> Plan:
         if best is None or cost < best[0]:
             best = (cost, cand)
     chosen = comps + best[1]
-    components = [_build(c[1], c[0], choose(c)[0], off, n, m) for c in chosen if len(c[1])]
+    components = [_build(c[1], c[0], choose(c)[0], off, n, m, bitmap) for c in chosen
+                  if len(c[1])]
     return Plan(n, m, nnz, components, empty, time.perf_counter() - t0)
-
-
-def plan_bytes(plan: Plan) -> int:
-    """Memory held by a plan (for cache accounting)."""
-    total = 0
-    for c in plan.components:
-        for g in c.groups:
-            total += 8 * (g.qg.numel() + g.qs.numel() + g.kidx.numel())
-            if g.bias is not None:
-                total += 4 * g.bias.numel()
-    return total
