@@ -55,7 +55,7 @@ if TYPE_CHECKING:  # torch is imported lazily, by the backends themselves
     from spattn.pattern import Pattern
 
 __all__ = ["Backend", "register", "unregister", "names", "get", "available", "select",
-           "auto_name", "BACKEND_INTERFACE", "ENTRY_POINT_GROUP"]
+           "auto_name", "is_builtin", "BACKEND_INTERFACE", "ENTRY_POINT_GROUP"]
 
 ENTRY_POINT_GROUP = "spattn.backends"
 """The entry-point group third-party packages use to register backends."""
@@ -127,6 +127,15 @@ def _load_target(target: str):
 
 def _is_backend(obj: Any) -> bool:
     return not isinstance(obj, type) and all(hasattr(obj, a) for a in BACKEND_INTERFACE)
+
+
+def is_builtin(name: str) -> bool:
+    """Whether ``name`` is a built-in backend that no :func:`register` call has replaced
+    (``"auto"``: both cpu and triton are). Reads two dicts, takes no lock: safe in code that
+    ``torch.compile`` traces."""
+    if name == "auto":
+        return "cpu" not in _factories and "triton" not in _factories
+    return name in _BUILTIN and name not in _factories
 
 
 def register(name: str, factory: Callable[[], Any] | Any) -> None:

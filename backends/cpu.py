@@ -36,7 +36,7 @@ import torch
 
 from spattn import guard
 from spattn.cache import LRUCache
-from spattn.errors import ShapeError
+from spattn.errors import ShapeError, SpattnError
 
 from .cpu_plan import Group, Plan, Strides, plan_bytes
 from .cpu_planner import build_plan
@@ -343,51 +343,89 @@ def _put(dst: torch.Tensor, heads: list[int], val: torch.Tensor) -> None:
         dst[:, heads] = v
 
 
+def forward_lse(q, k, v, plans: tuple[Plan, ...], scale: float):
+    """Output and log-sum-exp (B, H, m), both in the compute dtype (float64 for float64
+    inputs, else float32), of one plan per head; no autograd."""
+    B, H, m, D = q.shape
+    ct = torch.float64 if q.dtype == torch.float64 else torch.float32
+    out = torch.empty(B, H, m, D, dtype=ct)
+    lse = torch.empty(B, H, m, dtype=ct)
+    q, k, v = q.detach(), k.detach(), v.detach()
+    for plan, heads in _heads(plans):
+        if all_strided(plan):  # read (B, H, S, D) in place: no layout copies
+            o, lz = _forward_hm(plan, _head_major(q, heads, ct), _head_major(k, heads, ct),
+                                _head_major(v, heads, ct), scale,
+                                out.view(B * H, m, D) if len(heads) == H else None)
+            if len(heads) == H:
+                if o.data_ptr() != out.data_ptr():
+                    out.view(B * H, m, D).copy_(o)
+                lse.view(B * H, m).copy_(lz)
+            else:
+                out[:, heads] = o.view(B, len(heads), m, D)
+                lse[:, heads] = lz.view(B, len(heads), m)
+            continue
+        o, lz = _forward(plan, _seq_major(q, heads, ct), _seq_major(k, heads, ct),
+                         _seq_major(v, heads, ct), scale)
+        _put(out, heads, o)
+        _put(lse, heads, lz)
+    return out, lse
+
+
+def backward_lse(q, k, v, out, lse, dout, plans: tuple[Plan, ...], scale: float):
+    """Gradients (dq, dk, dv) in the inputs' dtypes, given the output and log-sum-exp of
+    :func:`forward_lse`; no autograd (first derivatives only)."""
+    q, k, v, dout = q.detach(), k.detach(), v.detach(), dout.detach()
+    ct = out.dtype
+    dq, dk, dv = (torch.empty(x.shape, dtype=ct) for x in (q, k, v))
+    for plan, heads in _heads(plans):
+        gq, gk, gv = _backward(plan, _seq_major(q, heads, ct), _seq_major(k, heads, ct),
+                               _seq_major(v, heads, ct), _seq_major(out, heads, ct),
+                               _seq_major(lse.unsqueeze(-1), heads, ct).squeeze(-1),
+                               _seq_major(dout, heads, ct), scale)
+        _put(dq, heads, gq)
+        _put(dk, heads, gk)
+        _put(dv, heads, gv)
+    return dq.to(q.dtype), dk.to(k.dtype), dv.to(v.dtype)
+
+
+def double_backward(q, k, v, dout, plans: tuple[Plan, ...], scale: float,
+                    needs: tuple[bool, bool, bool]):
+    """Gradients (dq, dk, dv) that are themselves differentiable (``create_graph=True``):
+    recomputed through :mod:`.cpu_graph`'s plain torch ops, exact to every order."""
+    from . import cpu_graph
+
+    xs = [x if x.requires_grad else x.detach() for x in (q, k, v)]
+    want = [i for i in range(3) if needs[i]]
+    with torch.enable_grad():
+        for i in want:
+            if not xs[i].requires_grad:
+                xs[i] = xs[i].detach().requires_grad_()
+        o = cpu_graph.attention(*xs, plans, scale)
+        got = torch.autograd.grad(o, [xs[i] for i in want], dout, create_graph=True,
+                                  allow_unused=True)
+    out = [None, None, None]
+    for i, g in zip(want, got, strict=True):
+        out[i] = torch.zeros_like(xs[i]) if g is None else g
+    return tuple(out)
+
+
 class _SparseAttention(torch.autograd.Function):
     @staticmethod
     def forward(ctx, q, k, v, plans, scale):  # type: ignore[override]
-        B, H, m, D = q.shape
-        ct = torch.float64 if q.dtype == torch.float64 else torch.float32
-        out = torch.empty(B, H, m, D, dtype=ct)
-        lse = torch.empty(B, H, m, dtype=ct)
-        for plan, heads in _heads(plans):
-            if all_strided(plan):  # read (B, H, S, D) in place: no layout copies
-                o, lz = _forward_hm(plan, _head_major(q.detach(), heads, ct),
-                                    _head_major(k.detach(), heads, ct),
-                                    _head_major(v.detach(), heads, ct), scale,
-                                    out.view(B * H, m, D) if len(heads) == H else None)
-                if len(heads) == H:
-                    if o.data_ptr() != out.data_ptr():
-                        out.view(B * H, m, D).copy_(o)
-                    lse.view(B * H, m).copy_(lz)
-                else:
-                    out[:, heads] = o.view(B, len(heads), m, D)
-                    lse[:, heads] = lz.view(B, len(heads), m)
-                continue
-            o, lz = _forward(plan, _seq_major(q.detach(), heads, ct),
-                             _seq_major(k.detach(), heads, ct),
-                             _seq_major(v.detach(), heads, ct), scale)
-            _put(out, heads, o)
-            _put(lse, heads, lz)
+        out, lse = forward_lse(q, k, v, plans, scale)
         ctx.plans, ctx.scale = plans, scale
         ctx.save_for_backward(q, k, v, out, lse)
         return out.to(q.dtype)
 
     @staticmethod
-    @torch.autograd.function.once_differentiable
     def backward(ctx, dout):  # type: ignore[override]
         q, k, v, out, lse = ctx.saved_tensors
-        ct = out.dtype
-        dq, dk, dv = (torch.empty(x.shape, dtype=ct) for x in (q, k, v))
-        for plan, heads in _heads(ctx.plans):
-            gq, gk, gv = _backward(plan, _seq_major(q, heads, ct), _seq_major(k, heads, ct),
-                                   _seq_major(v, heads, ct), _seq_major(out, heads, ct),
-                                   _seq_major(lse.unsqueeze(-1), heads, ct).squeeze(-1),
-                                   _seq_major(dout, heads, ct), ctx.scale)
-            _put(dq, heads, gq)
-            _put(dk, heads, gk)
-            _put(dv, heads, gv)
-        return dq.to(q.dtype), dk.to(k.dtype), dv.to(v.dtype), None, None
+        if torch.is_grad_enabled():  # create_graph=True: gradients must be differentiable
+            grads = double_backward(q, k, v, dout, ctx.plans, ctx.scale,
+                                    tuple(ctx.needs_input_grad[:3]))
+        else:
+            grads = backward_lse(q, k, v, out, lse, dout, ctx.plans, ctx.scale)
+        return (*grads, None, None)
 
 
 class CPUBackend:
@@ -403,12 +441,19 @@ class CPUBackend:
                 and q.dtype in _DTYPES)
 
     def plan(self, pattern: Any, n: int, m: int | None = None) -> Plan:
-        """The cached plan of ``pattern`` (text or Pattern) with n keys and m queries."""
-        from spattn.pattern import compile as compile_pattern
+        """The cached plan of ``pattern`` (a :class:`spattn.Pattern`; compile text with
+        :func:`spattn.compile`) with n keys and m queries (default n)."""
+        from spattn.checks import check_n, query_count
+        from spattn.pattern import Pattern
 
-        return get_plan(compile_pattern(pattern), n, n if m is None else m)
+        if not isinstance(pattern, Pattern):
+            raise SpattnError(f"CPUBackend.plan takes a spattn.Pattern, got "
+                              f"{type(pattern).__name__}; use spattn.compile(text)")
+        n = check_n(n)
+        return get_plan(pattern, n, query_count(m, n))
 
-    def attention(self, q, k, v, patterns, scale):
+    def plans(self, q, k, patterns) -> tuple[Plan, ...]:
+        """One cached plan per head for these tensors (validated, budget checked)."""
         guard.tune_malloc()
         if not self.supports(q):
             raise ShapeError(f"the cpu backend runs CPU tensors of dtype float16, bfloat16, "
@@ -417,12 +462,28 @@ class CPUBackend:
         n = k.shape[2]
         if len(patterns) != H:
             raise ShapeError(f"got {len(patterns)} patterns for H = {H} heads")
-        cache: dict[Any, Plan] = {}
-        plans = tuple(cache[p] if p in cache else cache.setdefault(p, get_plan(p, n, m))
-                      for p in patterns)
         es = 8 if q.dtype == torch.float64 else 4
         # inputs in the compute dtype, the output, the log-sum-exp and their gradients
         guard.check(es * (3 * B * H * (m + 2 * n) * D + B * H * m),
                     f"sparse attention workspace for B={B}, H={H}, m={m}, n={n}, D={D}",
                     "use smaller tensors")
-        return _SparseAttention.apply(q, k, v, plans, float(scale))
+        cache: dict[Any, Plan] = {}
+        plans = tuple(cache[p] if p in cache else cache.setdefault(p, get_plan(p, n, m))
+                      for p in patterns)
+        return plans
+
+    def attention(self, q, k, v, patterns, scale):
+        """Differentiable sparse attention (first and higher derivatives)."""
+        return _SparseAttention.apply(q, k, v, self.plans(q, k, patterns), float(scale))
+
+    def forward_lse(self, q, k, v, patterns, scale):
+        """``(out, lse)`` in the compute dtype, no autograd (the ``spattn::attention`` op)."""
+        return forward_lse(q, k, v, self.plans(q, k, patterns), float(scale))
+
+    def backward_lse(self, q, k, v, out, lse, dout, patterns, scale):
+        """First derivatives from :meth:`forward_lse`'s results, no autograd."""
+        return backward_lse(q, k, v, out, lse, dout, self.plans(q, k, patterns), float(scale))
+
+    def double_backward(self, q, k, v, dout, patterns, scale, needs):
+        """Differentiable gradients (``create_graph=True``)."""
+        return double_backward(q, k, v, dout, self.plans(q, k, patterns), float(scale), needs)

@@ -447,6 +447,10 @@ def build_plan(node: ir.Node, n: int, m: int, D: int = 64, *, tiling: tuple | No
     t0 = time.perf_counter()
     n = check_n(n)
     off = n - m
+    hint = "use a sparser pattern, a smaller n or fewer queries"
+    est = max(1.0, bind(node, n).est)  # before lowering: the query rows' intervals
+    guard.check(m * est * 96.0, f"planning sparse attention at n = {n:,} ({m:,} query rows "
+                f"× ~{est:,.0f} intervals)", hint)
     chunks = [(row - off, lo, hi) for _, _, row, lo, hi in row_intervals(node, n, off, n)]
     allv = _Iv(*(np.concatenate([c[k] for c in chunks]).astype(np.int64) for k in range(3)))
     allv = allv.sub(allv.lo < allv.hi)
@@ -455,6 +459,8 @@ def build_plan(node: ir.Node, n: int, m: int, D: int = 64, *, tiling: tuple | No
     empty = torch.from_numpy(deg == 0)
     if nnz == 0:
         return Plan(n, m, 0, [], empty, time.perf_counter() - t0)
+    # before tiling: key slots (int64), masks (float32) and planning work arrays per pair
+    guard.check(nnz * 32.0, f"a CPU attention plan of {nnz:,} pairs at n = {n:,}", hint)
     periods = _periods(node, n)
     nat = [("natural", 1)]
     mods = [("mod", s) for s in periods]

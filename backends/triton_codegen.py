@@ -149,6 +149,9 @@ class TritonOps:
         return self.g.let(x)
 
     def member(self, runs, x) -> _Sym:
+        if runs.step > 1:  # one arithmetic progression: three parameters, no table
+            s, e, c = (self.g.param(v) for v in (runs.starts[0], runs.ends[0], runs.step))
+            return _Sym(f"(({x} >= {s}) & ({x} < {e}) & ((({x} - {s}) % {c}) == 0))")
         o = self.g.table(id(runs), membership(runs, self.g.n))
         return _Sym(f"(tl.load(TAB + {o} + {x}) != 0)")
 
@@ -188,6 +191,17 @@ class _Symbolic:
             ops.keys[id(self.args)] = b.spec.key_table(b.args, ops.g.n)
         else:
             self.items = tuple(_Symbolic(x, ops) for x in b.items)
+
+
+def predicate_tensors(pattern, n: int, device):
+    """(kernel module, PRM, TAB on ``device``) of a pattern at n: one generation walk."""
+    import torch
+
+    from spattn.bind import bind
+
+    src, prm, tab = generate(bind(pattern.node, n), n)
+    return (kernel_module(src), torch.from_numpy(prm).to(device),
+            torch.from_numpy(tab).to(device))
 
 
 def kernel_module(predicate: str, template: str | None = None) -> types.ModuleType:

@@ -31,7 +31,10 @@ from typing import Any
 import numpy as np
 
 from spattn.cache import LRUCache
-from spattn.errors import ShapeError
+from spattn.errors import ShapeError, SpattnError
+
+from .triton_codegen import predicate_tensors
+from .triton_permute import PermPlan, decompose
 
 _SUPPORTED = ("float16", "bfloat16", "float32")
 
@@ -39,7 +42,6 @@ _SUPPORTED = ("float16", "bfloat16", "float32")
 _LAYOUTS = LRUCache("triton layouts", 32)
 _PLANS = LRUCache("triton plans", 32)
 _PERM_PLANS = LRUCache("triton permuted plans", 64)
-_DECOMPOSED = LRUCache("triton stride decompositions", 256)
 _HEADS = LRUCache("triton head indices", 1024)
 _TUNED = LRUCache("triton autotuned tile shapes", 256)
 
@@ -82,19 +84,6 @@ def _layout(pattern, n: int, m: int, bq: int, bk: int):
         pattern.node, n, block_size=bq, key_block_size=bk, m=m))
 
 
-def _predicate(pattern, n: int, device):
-    """(kernel module, PRM, TAB on ``device``) of a pattern at n: one generation walk."""
-    import torch
-
-    from spattn.bind import bind
-
-    from .triton_codegen import generate, kernel_module
-
-    src, prm, tab = generate(bind(pattern.node, n), n)
-    return (kernel_module(src), torch.from_numpy(prm).to(device),
-            torch.from_numpy(tab).to(device))
-
-
 class _Plan:
     """Device tensors for one (pattern, n, m, block shape, device)."""
 
@@ -111,7 +100,7 @@ class _Plan:
                     t(L.part_ptr), t(L.part_idx if len(L.part_idx) else np.zeros(1))]
         self._bwd = None
         self._t = t
-        self.mod, self.prm, self.tab = _predicate(pattern, n, device)
+        self.mod, self.prm, self.tab = predicate_tensors(pattern, n, device)
 
     @property
     def bwd(self):
@@ -153,6 +142,12 @@ def _plan(pattern, n, m, bq, bk, device) -> _Plan:
                                 lambda: _Plan(pattern, n, m, bq, bk, device))
 
 
+def _perm_plan(pattern, s, causal, n, m, bq, bk, device) -> PermPlan:
+    return _PERM_PLANS.get_or_create(
+        (pattern, s, causal, n, m, bq, bk, str(device)),
+        lambda: PermPlan(pattern, s, causal, n, m, bq, bk, device))
+
+
 def _heads(heads: list[int], device, dtype_name: str = "int32"):
     """Head-index tensors on the device, cached (no host-to-device copy per call)."""
     import torch
@@ -179,133 +174,6 @@ def _upcast(dtype) -> bool:
     import torch
 
     return interpreting() and dtype == torch.bfloat16
-
-
-class _PermPlan:
-    """The stride part of a pattern run in a permuted order (see :func:`_decompose`): query
-    and key positions sorted by (position mod s, position), so that pairs with
-    ``i ≡ j (mod s)`` fall in dense diagonal blocks. The layout is a superset of the touched
-    tiles (all treated as partial); the generated predicate, evaluated at the original
-    positions read from ``QPOS``/``KPOS``, keeps it exact."""
-
-    def __init__(self, pattern, s, causal, n, m, bq, bk, device):
-        import torch
-
-        off = n - m
-        pq = np.arange(off, n, dtype=np.int64)
-        pk = np.arange(n, dtype=np.int64)
-        self.qperm = np.lexsort((pq, pq % s))
-        self.kperm = np.lexsort((pk, pk % s))
-        qpos, kpos = pq[self.qperm], pk[self.kperm]
-        self.num_q_blocks = (m + bq - 1) // bq
-        self.num_k_blocks = (n + bk - 1) // bk
-        qa, kc = _class_tile_pairs(qpos, kpos, s, bq, bk, causal, self.num_k_blocks)
-        ptr = np.zeros(self.num_q_blocks + 1, np.int64)
-        np.cumsum(np.bincount(qa, minlength=self.num_q_blocks), out=ptr[1:])
-        order = np.argsort(kc, kind="stable")
-        tptr = np.zeros(self.num_k_blocks + 1, np.int64)
-        np.cumsum(np.bincount(kc, minlength=self.num_k_blocks), out=tptr[1:])
-
-        def t(x):
-            x = np.asarray(x)
-            return torch.from_numpy(np.ascontiguousarray(
-                x if len(x) else np.zeros(1), dtype=np.int32)).to(device)
-
-        zq, zk = np.zeros(self.num_q_blocks + 1), np.zeros(self.num_k_blocks + 1)
-        self.fwd = [t(zq), t([]), t(ptr), t(kc)]
-        self.bwd = [t(zk), t([]), t(tptr), t(qa[order])]
-        self.qpos, self.kpos = t(qpos), t(kpos)
-        self.qperm_t = torch.from_numpy(self.qperm).to(device)
-        self.kperm_t = torch.from_numpy(self.kperm).to(device)
-        self.qinv_t = torch.from_numpy(np.argsort(self.qperm)).to(device)
-        self.kinv_t = torch.from_numpy(np.argsort(self.kperm)).to(device)
-        self.mod, self.prm, self.tab = _predicate(pattern, n, device)
-        self.tiles = len(kc)
-
-
-def _class_tile_pairs(qpos, kpos, s, bq, bk, causal, nkb):
-    """Tiles (query block, key block) of the permuted order holding some same-class pair
-    (with j <= i when ``causal``): per tile, the runs of one class give segments
-    (class, first position, last position); segments of equal class are joined."""
-
-    def segments(pos, b):
-        tile = np.arange(len(pos)) // b
-        cls = pos % s
-        start = np.ones(len(pos), bool)
-        start[1:] = (tile[1:] != tile[:-1]) | (cls[1:] != cls[:-1])
-        idx = np.flatnonzero(start)
-        last = np.append(idx[1:], len(pos)) - 1
-        return tile[idx], cls[idx], pos[idx], pos[last]
-
-    qt, qc, qlo, qhi = segments(qpos, bq)
-    kt, kcl, klo, khi = segments(kpos, bk)
-    # key segments are sorted by class: the range of each class
-    k0 = np.searchsorted(kcl, qc, side="left")
-    k1 = np.searchsorted(kcl, qc, side="right")
-    cnt = k1 - k0
-    tot = int(cnt.sum())
-    offs = np.cumsum(cnt) - cnt
-    kk = np.arange(tot, dtype=np.int64) - np.repeat(offs, cnt) + np.repeat(k0, cnt)
-    qq = np.repeat(np.arange(len(qt)), cnt)
-    if causal:
-        ok = klo[kk] <= qhi[qq]
-        kk, qq = kk[ok], qq[ok]
-    key = np.unique(qt[qq] * nkb + kt[kk])
-    return key // nkb, key % nkb
-
-
-def decompose(pattern, n: int, m: int, bq: int, bk: int | None = None):
-    """See :func:`_decompose` (cached per pattern, sizes and the env switch)."""
-    key = (pattern, n, m, bq, bq if bk is None else bk,
-           os.environ.get("SPATTN_TRITON_PERMUTE", "1"))
-    return _DECOMPOSED.get_or_create(key, lambda: _decompose(*key))
-
-
-def _decompose(pattern, n: int, m: int, bq: int, bk: int, switch: str):
-    """``[causal &] (stride(s) | R)`` with a constant s splits into ``[causal &] R`` (the
-    ordinary layout) and ``[causal &] stride(s) - R`` (run in the permuted order): a disjoint
-    union, merged by log-sum-exp. Chosen when the permuted order needs under half the tiles
-    the stride touches in the original order (every tile when s <= bq + bk - 1). None
-    otherwise."""
-    from spattn import ir, prims
-    from spattn.pattern import Pattern
-
-    if switch in ("0", ""):
-        return None
-    node, causal = pattern.node, False
-    cz = prims.CAUSAL
-    if isinstance(node, ir.Inter) and len(node.items) == 2 and cz in node.items:
-        causal = True
-        node = [x for x in node.items if x != cz][0]
-    items = node.items if isinstance(node, ir.Union) else (node,)
-    strides = [x for x in items if isinstance(x, ir.Prim) and prims.of(x).residue_class
-               and isinstance(x.args[0], ir.Const)]
-    if not strides:
-        return None
-    st = max(strides, key=lambda x: x.args[0].value)
-    s_val = st.args[0].value
-    if s_val < 2 or s_val >= n:
-        return None
-    cq, ck = -(-m // s_val), -(-n // s_val)  # class lengths (queries, keys)
-    permuted = s_val * (-(-cq // bq) + 1) * (-(-ck // bk) + 1)
-    original = -(-m // bq) * -(-n // bk) * min(1.0, (bq + bk - 1) / s_val)
-    if permuted >= 0.5 * original:
-        return None
-    rest = [x for x in items if x is not st]
-    if rest:
-        r = rest[0] if len(rest) == 1 else ir.Union(tuple(rest))
-        p1 = Pattern(ir.Inter((cz, r)) if causal else r)
-        p2 = Pattern(ir.Diff(ir.Inter((cz, st)) if causal else st, r))
-    else:
-        p1 = Pattern(ir.NONE)
-        p2 = Pattern(ir.Inter((cz, st)) if causal else st)
-    return p1, p2, s_val, causal
-
-
-def _perm_plan(pattern, s, causal, n, m, bq, bk, device) -> _PermPlan:
-    return _PERM_PLANS.get_or_create(
-        (pattern, s, causal, n, m, bq, bk, str(device)),
-        lambda: _PermPlan(pattern, s, causal, n, m, bq, bk, device))
 
 
 def _launch_fwd(pl, q, k, v, o, lse, hs, H, m, n, scale, cfg, perm=None):
@@ -434,6 +302,28 @@ def _backward(q, k, v, o, lse, do, plans, scale, cfg):
     return dq, dk, dv
 
 
+def _refuse_double_backward() -> None:
+    if __import__("torch").is_grad_enabled():
+        raise SpattnError("the triton backend computes first derivatives only: a gradient "
+                          "with create_graph=True (double backward) needs backend='cpu' or "
+                          "backend='reference'")
+
+
+def _plan_list(patterns, n: int, m: int, cfg, device) -> list:
+    """The launch plans :func:`_forward` uses, without launching (for the backward op)."""
+    out = []
+    for pat, heads in _groups(patterns):
+        dec = decompose(pat, n, m, cfg[0], cfg[1])
+        if dec is None:
+            out.append((_plan(pat, n, m, cfg[0], cfg[1], device), heads, None))
+            continue
+        p1, p2, s_val, causal = dec
+        pp = _perm_plan(p2, s_val, causal, n, m, cfg[0], cfg[1], device)
+        out.append((_plan(p1, n, m, cfg[0], cfg[1], device), heads,
+                    (pp, _heads(heads, device, "long"))))
+    return out
+
+
 def _autograd_fn():
     import torch
 
@@ -447,6 +337,7 @@ def _autograd_fn():
 
         @staticmethod
         def backward(ctx, do):
+            _refuse_double_backward()
             q, k, v, o, lse = ctx.saved_tensors
             dq, dk, dv = _backward(q, k, v, o, lse, do, ctx.plans, ctx.scale, ctx.cfg)
             return dq, dk, dv, None, None, None
@@ -489,6 +380,26 @@ def _autotune(q, k, v, patterns, scale, default):
     return _TUNED.put(key, best)
 
 
+def _prepare(xs, block_q=None, block_k=None):
+    """Tensors padded to a power-of-two head dim >= 16 and made contiguous, and the tile
+    config ``(block_q, block_k, num_warps, num_stages)``."""
+    import torch
+
+    D = xs[0].shape[3]
+    if D > 256:
+        raise ShapeError(f"the triton backend supports head dimensions up to 256, got D = {D}")
+    Dp = max(16, 1 << (D - 1).bit_length())
+    if Dp != D:
+        xs = tuple(torch.nn.functional.pad(x, (0, Dp - D)) for x in xs)
+    xs = tuple(x.contiguous() for x in xs)
+    bq, bk, warps, stages = block_shape(Dp, xs[0].dtype, xs[0].device.type)
+    cfg = (block_q or bq, block_k or bk, warps, stages)
+    for b in cfg[:2]:
+        if isinstance(b, bool) or not isinstance(b, int) or b < 16 or b & (b - 1):
+            raise ShapeError(f"triton block sizes must be powers of two >= 16, got {b!r}")
+    return xs, cfg
+
+
 def sparse_attention(q, k, v, patterns, scale: float, *, block_q: int | None = None,
                      block_k: int | None = None, return_lse: bool = False,
                      autotune: bool | None = None):
@@ -502,19 +413,9 @@ def sparse_attention(q, k, v, patterns, scale: float, *, block_q: int | None = N
     global _FN
     if _FN is None:
         _FN = _autograd_fn()
-    B, H, m, D = q.shape
-    if D > 256:
-        raise ShapeError(f"the triton backend supports head dimensions up to 256, got D = {D}")
-    Dp = max(16, 1 << (D - 1).bit_length())
-    if Dp != D:
-        pad = (0, Dp - D)
-        q, k, v = (torch.nn.functional.pad(x, pad) for x in (q, k, v))
-    q, k, v = (x.contiguous() for x in (q, k, v))
-    bq, bk, warps, stages = block_shape(Dp, q.dtype, q.device.type)
-    cfg = (block_q or bq, block_k or bk, warps, stages)
-    for b in cfg[:2]:
-        if isinstance(b, bool) or not isinstance(b, int) or b < 16 or b & (b - 1):
-            raise ShapeError(f"triton block sizes must be powers of two >= 16, got {b!r}")
+    D = q.shape[3]
+    (q, k, v), cfg = _prepare((q, k, v), block_q, block_k)
+    Dp = q.shape[3]
     if autotune is None:
         autotune = os.environ.get("SPATTN_TRITON_AUTOTUNE", "0") not in ("", "0")
     if autotune and q.device.type == "cuda" and block_q is None and block_k is None:
@@ -558,3 +459,27 @@ class TritonBackend:
     def attention(self, q, k, v, patterns, scale):
         """Block-sparse flash attention; see the spattn.backends interface."""
         return sparse_attention(q, k, v, patterns, scale)
+
+    def forward_lse(self, q, k, v, patterns, scale):
+        """``(out, lse)`` for the ``spattn::attention`` op: out in float32 (unpadded), lse the
+        kernels' base-2 log-sum-exp (B, H, m) float32; no autograd."""
+        import torch
+
+        D = q.shape[3]
+        (qp, kp, vp), cfg = _prepare((q.detach(), k.detach(), v.detach()))
+        with torch.no_grad():
+            o, lse, _ = _forward(qp, kp, vp, tuple(patterns), float(scale), cfg)
+        return o[..., :D].float(), lse
+
+    def backward_lse(self, q, k, v, out, lse, dout, patterns, scale):
+        """First derivatives from :meth:`forward_lse`'s results, no autograd."""
+        D = q.shape[3]
+        xs, cfg = _prepare(tuple(x.detach().to(q.dtype) for x in (q, k, v, out, dout)))
+        qp, kp, vp, op, dp = xs
+        plans = _plan_list(tuple(patterns), k.shape[2], q.shape[2], cfg, q.device)
+        dq, dk, dv = _backward(qp, kp, vp, op, lse, dp, plans, float(scale), cfg)
+        return dq[..., :D], dk[..., :D], dv[..., :D]
+
+    def double_backward(self, q, k, v, dout, patterns, scale, needs):
+        """Refused: the Triton kernels have no differentiable backward."""
+        _refuse_double_backward()

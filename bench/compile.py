@@ -103,7 +103,7 @@ def main():
                              "-", f"{k['s']:.2f}" if "s" in k else "-", blk])
                 continue
             if "error" in c:
-                why = ("refused: > 2^32 intervals" if "would generate" in c["error"]
+                why = ("refused: > 2^29 intervals" if "would generate" in c["error"]
                        else c["error"][:40])
                 rows.append([name, f"{n:,}", "-", why, "-", "-", "-", "-", blk])
                 continue

@@ -13,8 +13,6 @@ from typing import Any
 from .errors import ShapeError, SpattnError
 from .pattern import Pattern, compile
 
-_FLOAT_DTYPES = ("float16", "bfloat16", "float32", "float64")
-
 
 def resolve_patterns(pattern: Any, H: int) -> tuple[Pattern, ...]:
     """One pattern per head: a single pattern is shared by all heads."""
@@ -32,16 +30,21 @@ def resolve_patterns(pattern: Any, H: int) -> tuple[Pattern, ...]:
 
 
 def validate(q, k, v) -> None:
-    """Check shapes, dtypes and devices of q, k, v; raise :class:`ShapeError` naming the problem."""
+    """Check shapes, dtypes, layouts and devices of q, k, v; raise :class:`ShapeError` naming
+    the problem."""
     import torch
 
+    floats = (torch.float16, torch.bfloat16, torch.float32, torch.float64)
     for name, t in (("q", q), ("k", k), ("v", v)):
         if not isinstance(t, torch.Tensor):
             raise ShapeError(f"{name} must be a torch.Tensor, got {type(t).__name__}")
+        if t.layout != torch.strided:
+            raise ShapeError(f"{name} has layout {t.layout}; spattn needs dense (strided) "
+                             "tensors: call .to_dense() first")
         if t.dim() != 4:
             raise ShapeError(f"{name} must have 4 dimensions (B, H, seq, D), got shape "
                              f"{tuple(t.shape)}")
-        if str(t.dtype).replace("torch.", "") not in _FLOAT_DTYPES:
+        if t.dtype not in floats:
             raise ShapeError(f"{name} has dtype {t.dtype}; spattn needs float16, bfloat16, "
                              "float32 or float64")
     if not (q.dtype == k.dtype == v.dtype):
@@ -66,28 +69,85 @@ def validate(q, k, v) -> None:
         raise ShapeError(f"empty dimension in q's shape {tuple(q.shape)}")
 
 
+def check_scale(scale: Any, D: int) -> float:
+    """The softmax scale as a finite float (default 1/sqrt(D))."""
+    import math
+
+    import torch
+
+    if scale is None:
+        return D ** -0.5
+    if isinstance(scale, bool):
+        raise SpattnError(f"scale must be a number, got {scale!r}")
+    if isinstance(scale, torch.Tensor):
+        if scale.requires_grad:
+            raise SpattnError("scale is a tensor that requires grad; spattn's scale is a "
+                              "constant (its gradient would be silently dropped): pass a float, "
+                              "or scale q yourself")
+        if scale.numel() != 1:
+            raise SpattnError(f"scale must be one number, got a tensor of shape "
+                              f"{tuple(scale.shape)}")
+    try:
+        value = float(scale)
+    except (TypeError, ValueError, RuntimeError):
+        raise SpattnError(f"scale must be a number, got {scale!r:.60}") from None
+    if not math.isfinite(value):
+        raise SpattnError(f"scale must be finite, got {value!r}")
+    return value
+
+
+def _pattern_texts(pattern: Any, H: int) -> list[str]:
+    """One canonical pattern text per head, for the ``spattn::attention`` operator. While
+    ``torch.compile`` traces, text is passed on as given and Patterns print their cached text
+    (the operator compiles them, outside the traced code)."""
+    import torch
+
+    if torch.compiler.is_compiling():
+        items = [pattern] * H if isinstance(pattern, (str, Pattern)) else list(pattern)
+        if len(items) != H:
+            raise ShapeError(f"got {len(items)} per-head patterns for H = {H} heads; give one "
+                             "pattern, or exactly one per head")
+        return [x if isinstance(x, str) else str(x) for x in items]
+    return [str(p) for p in resolve_patterns(pattern, H)]
+
+
+def _no_queries(q, k, v):
+    """The (B, H, 0, D) output for m = 0 queries, connected to q, k and v (zero gradients)."""
+    return q * 0 + ((k.sum() + v.sum()) * 0).to(q.dtype)
+
+
 def attention(q, k, v, pattern, *, backend: str = "auto", scale: float | None = None):
     """Sparse attention of ``q`` over ``k, v`` restricted to ``pattern``.
 
     ``q``: (B, H, m, D); ``k``, ``v``: (B, H, n, D) with m <= n; query row r is position
     n - m + r. ``pattern``: text, :class:`Pattern`, or a list of H of them (one per head).
-    ``scale`` defaults to 1/sqrt(D). ``backend``: "auto" (triton for CUDA tensors, cpu
-    otherwise), "cpu", "triton", or a registered plugin's name. Differentiable in q, k, v.
-    A query with no key gets a zero output and zero gradients.
+    ``scale`` (a finite number) defaults to 1/sqrt(D). ``backend``: "auto" (triton for CUDA
+    tensors, cpu otherwise), "cpu", "triton", "reference" (dense float64, small sizes: for
+    checking a result), or a registered plugin's name. Differentiable in q, k, v (on the cpu
+    and reference backends to any order). A query with no key gets a zero output and zero
+    gradients; m = 0 queries give an empty output. Under ``torch.compile`` the built-in
+    backends run as one opaque operator (:mod:`spattn.ops`).
     """
+    import torch
+
     from spattn import backends
 
+    if torch.jit.is_tracing() or torch.jit.is_scripting():
+        raise SpattnError("spattn.attention cannot be traced or scripted by TorchScript "
+                          "(torch.jit); use torch.compile, which spattn supports")
     validate(q, k, v)
-    H, D = q.shape[1], q.shape[3]
-    pats = resolve_patterns(pattern, H)
-    if scale is None:
-        scale = D ** -0.5
-    else:
-        try:
-            scale = float(scale)
-        except (TypeError, ValueError):
-            raise SpattnError(f"scale must be a number, got {scale!r}") from None
+    H, m, D = q.shape[1], q.shape[2], q.shape[3]
+    scale = check_scale(scale, D)
     if not isinstance(backend, str):
         raise SpattnError(f"backend must be a name, got {backend!r}")
+    if m == 0:
+        resolve_patterns(pattern, H)
+        return _no_queries(q, k, v)
+    if torch.compiler.is_compiling() and backend in ("auto", "cpu", "triton") \
+            and backends.is_builtin(backend):
+        from . import ops  # one opaque operator for torch.compile; eager calls skip it
+
+        return ops.attention(q, k, v, _pattern_texts(pattern, H), scale, backend)
+    pats = resolve_patterns(pattern, H)
     b = backends.select(backend, q)
     return b.attention(q, k, v, pats, scale)

@@ -79,8 +79,17 @@ class LRUCache(Generic[K, V]):
     def get_or_create(self, key: K, factory: Callable[[], V]) -> V:
         """The stored value, or ``factory()`` (called outside the lock) stored and returned.
         Threads racing on one key may each call ``factory``; all get the first stored value."""
-        value = self.get(key, _MISSING)
-        return self.put(key, factory()) if value is _MISSING else value
+        item = self._d.get(key, _MISSING)  # hits take no lock: dict reads are atomic
+        if item is not _MISSING:
+            try:
+                self._d.move_to_end(key)
+            except KeyError:  # evicted by another thread in between: still a valid value
+                pass
+            self.hits += 1
+            return item[0]
+        with self._lock:
+            self.misses += 1
+        return self.put(key, factory())
 
     def clear(self) -> None:
         """Drop every entry (the hit and miss counts are kept)."""

@@ -45,26 +45,44 @@ def _merge_same(items: list[Node], op: str) -> list[Node]:
     return items
 
 
+def _split_windows(items: list[Node]):
+    """The constant windows (as (l, r)) and the other items."""
+    wins, rest = [], []
+    for x in items:
+        w = _win(x)
+        (rest if w is None else wins).append(x if w is None else w)
+    return wins, rest
+
+
 def _merge_union(items: list[Node]) -> list[Node]:
-    wins = [w for w in map(_win, items) if w is not None]
-    rest = [x for x in items if _win(x) is None]
+    wins, rest = _split_windows(items)
     if wins:  # windows all contain the diagonal: their union is a window
         l, r = max(w[0] for w in wins), max(w[1] for w in wins)
         if not (prims.CAUSAL in rest and r == 0):  # window(l, 0) ⊆ causal
             rest.append(window_node(l, r))
-    return _merge_same(rest, "union")
+    return _de_morgan(_merge_same(rest, "union"), Inter)
 
 
 def _merge_inter(items: list[Node]) -> list[Node]:
-    wins = [w for w in map(_win, items) if w is not None]
-    rest = [x for x in items if _win(x) is None]
+    wins, rest = _split_windows(items)
     if wins:
         l, r = min(w[0] for w in wins), min(w[1] for w in wins)
         if prims.CAUSAL in rest:  # window(l, r) & causal = window(l, 0)
             rest.remove(prims.CAUSAL)
             r = 0
         rest.append(window_node(l, r))
-    return _merge_same(rest, "inter")
+    return _de_morgan(_merge_same(rest, "inter"), Union)
+
+
+def _de_morgan(items: list[Node], inner) -> list[Node]:
+    """Several complements under one operator as one: ``~a & ~b = ~(a | b)`` and
+    ``~a | ~b = ~(a & b)`` (``inner`` is the dual operator), so that the dual's merges apply
+    (``~local(1) & ~local(5) = ~local(5)``) and lowering sweeps once, not once per term."""
+    nots = [x for x in items if isinstance(x, Not)]
+    if len(nots) < 2:
+        return items
+    dual = _canon(inner(tuple(x.a for x in nots)), False)
+    return [x for x in items if not isinstance(x, Not)] + [_canon(Not(dual), False)]
 
 
 def _nary(cls, items, unit: Node, zero: Node, merge, deep: bool) -> Node:
@@ -76,6 +94,7 @@ def _nary(cls, items, unit: Node, zero: Node, merge, deep: bool) -> Node:
         return zero
     flat = [x for x in flat if x != unit]
     flat = merge(list(dict.fromkeys(flat)))
+    flat = [y for x in flat for y in (x.items if isinstance(x, cls) else (x,))]
     # merging may have produced identities again
     flat = [_prim(x) if isinstance(x, Prim) else x for x in flat]
     if zero in flat:

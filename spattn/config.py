@@ -199,14 +199,25 @@ def load(path: str | os.PathLike) -> Config:
         raise ConfigError("spattn.load takes a file path, and this looks like YAML text; use "
                           "spattn.config.loads(text) for text")
     p = Path(path)
+    data = _read_bounded(p)
     try:
-        size = p.stat().st_size
-        if size > MAX_FILE_BYTES:
-            raise ConfigError(f"{p}: the file is {size:,} bytes; the limit for a config is "
-                              f"{MAX_FILE_BYTES:,}")
-        data = p.read_bytes()
-    except ConfigError:
-        raise
+        text = data.decode("utf-8")
+    except UnicodeDecodeError as e:
+        raise ConfigError(f"{p}: not UTF-8 text (byte {e.start}: {data[e.start:e.start + 1]!r})"
+                          ) from None
+    return _build(text, str(p), str(p))
+
+
+def _read_bounded(p: Path) -> bytes:
+    """The bytes of a regular file of at most MAX_FILE_BYTES. Devices (``/dev/zero``: size 0
+    on stat, endless on read), FIFOs (a read blocks forever) and sockets are refused; the file
+    is opened non-blocking and checked on the opened descriptor, and never read past the
+    limit."""
+    import stat
+
+    flags = os.O_RDONLY | getattr(os, "O_NONBLOCK", 0) | getattr(os, "O_CLOEXEC", 0)
+    try:
+        fd = os.open(p, flags)
     except FileNotFoundError:
         raise ConfigError(f"{p}: no such file") from None
     except IsADirectoryError:
@@ -214,11 +225,32 @@ def load(path: str | os.PathLike) -> Config:
     except OSError as e:
         raise ConfigError(f"{p}: cannot read: {e.strerror or e}") from None
     try:
-        text = data.decode("utf-8")
-    except UnicodeDecodeError as e:
-        raise ConfigError(f"{p}: not UTF-8 text (byte {e.start}: {data[e.start:e.start + 1]!r})"
-                          ) from None
-    return _build(text, str(p), str(p))
+        st = os.fstat(fd)
+        if stat.S_ISDIR(st.st_mode):
+            raise ConfigError(f"{p}: is a directory, not a YAML file")
+        if not stat.S_ISREG(st.st_mode):
+            kind = ("a FIFO" if stat.S_ISFIFO(st.st_mode) else "a device"
+                    if stat.S_ISCHR(st.st_mode) or stat.S_ISBLK(st.st_mode) else "a socket"
+                    if stat.S_ISSOCK(st.st_mode) else "not a regular file")
+            raise ConfigError(f"{p}: is {kind}; spattn reads configs from regular files only")
+        if st.st_size > MAX_FILE_BYTES:
+            raise ConfigError(f"{p}: the file is {st.st_size:,} bytes; the limit for a config "
+                              f"is {MAX_FILE_BYTES:,}")
+        chunks, total = [], 0
+        while True:  # the size can change under us: never read past the limit
+            b = os.read(fd, min(1 << 20, MAX_FILE_BYTES + 1 - total))
+            if not b:
+                break
+            chunks.append(b)
+            total += len(b)
+            if total > MAX_FILE_BYTES:
+                raise ConfigError(f"{p}: the file is over {MAX_FILE_BYTES:,} bytes, the limit "
+                                  "for a config")
+        return b"".join(chunks)
+    except OSError as e:
+        raise ConfigError(f"{p}: cannot read: {e.strerror or e}") from None
+    finally:
+        os.close(fd)
 
 
 def loads(text: str, label: str = "<string>") -> Config:

@@ -48,7 +48,8 @@ def memory_budget() -> int:
 def set_memory_budget(nbytes: int | None) -> None:
     """Set the budget in bytes (``None`` restores the default)."""
     global _budget
-    if nbytes is not None and (not isinstance(nbytes, int) or nbytes <= 0):
+    if nbytes is not None and (isinstance(nbytes, bool) or not isinstance(nbytes, int)
+                             or nbytes <= 0):
         raise ResourceError(f"memory budget must be a positive number of bytes, got {nbytes!r}")
     _budget = nbytes
 

@@ -201,23 +201,72 @@ IndexSet = _U[IndexList, IndexSlice]  # noqa: UP007 - a runtime alias
 
 
 class IndexRuns:
-    """A resolved index set: sorted unique positions stored as runs ``[starts[k], ends[k])``."""
+    """A resolved index set: sorted unique positions, stored in O(runs) memory. With
+    ``step == 1`` (lists, unit-step slices) the positions are the runs ``[starts[k], ends[k])``;
+    with ``step > 1`` (a slice ``[a:b:c]``) they are ONE arithmetic progression ``starts[0],
+    starts[0] + step, ...`` below ``ends[0]``, never expanded: counts and membership are closed
+    form, so ``cols([::2])`` at n = 2**31 costs O(1) memory."""
 
-    __slots__ = ("starts", "ends")
+    __slots__ = ("starts", "ends", "step")
 
-    def __init__(self, starts: np.ndarray, ends: np.ndarray):
+    def __init__(self, starts: np.ndarray, ends: np.ndarray, step: int = 1):
         self.starts = starts
         self.ends = ends
+        self.step = int(step)
 
     @property
     def count(self) -> int:
         """Number of positions."""
-        return int((self.ends - self.starts).sum())
+        if self.step == 1 or not len(self.starts):
+            return int((self.ends - self.starts).sum())
+        return int((self.ends[0] - self.starts[0] + self.step - 1) // self.step)
+
+    def contains(self, x: np.ndarray) -> np.ndarray:
+        """Whether each position of ``x`` (numpy, int) is in the set."""
+        if len(self.starts) == 0:
+            return np.zeros(np.shape(x), bool)
+        if self.step > 1:
+            s, e = int(self.starts[0]), int(self.ends[0])
+            return (x >= s) & (x < e) & ((x - s) % self.step == 0)
+        k = np.searchsorted(self.ends, x, side="right")
+        inside = k < len(self.starts)
+        return inside & (self.starts[np.minimum(k, len(self.starts) - 1)] <= x)
+
+    def count_below(self, x: np.ndarray) -> np.ndarray:
+        """How many positions are < each of ``x`` (numpy, int64)."""
+        x = np.asarray(x, np.int64)
+        if len(self.starts) == 0:
+            return np.zeros(x.shape, np.int64)
+        if self.step > 1:
+            s, c = int(self.starts[0]), self.step
+            return np.clip((x - s + c - 1) // c, 0, self.count)
+        cum = np.concatenate([[0], np.cumsum(self.ends - self.starts)])
+        k = np.searchsorted(self.starts, x, side="right")  # runs starting before x
+        km = np.maximum(k - 1, 0)
+        part = np.clip(x - self.starts[km], 0, self.ends[km] - self.starts[km])
+        return np.where(k > 0, cum[km] + part, 0)
+
+    def points(self, limit: int) -> set[int] | None:
+        """Every run's start and end (for a progression: every position and position + 1), or
+        None when there are more than ``limit`` of them."""
+        if self.step == 1:
+            if len(self.starts) > limit:
+                return None
+            return set(self.starts.tolist()) | set(self.ends.tolist())
+        if self.count > limit // 2:
+            return None
+        pos = self.positions().tolist()
+        return set(pos) | {p + 1 for p in pos}
 
     def positions(self) -> np.ndarray:
-        """The positions as a sorted int64 array."""
+        """The positions as a sorted int64 array (memory O(count): checked first)."""
         if len(self.starts) == 0:
             return np.zeros(0, np.int64)
+        from .guard import check
+
+        check(8.0 * self.count, f"the {self.count:,} positions of an index set")
+        if self.step > 1:
+            return np.arange(self.starts[0], self.ends[0], self.step, dtype=np.int64)
         return np.concatenate([np.arange(a, b) for a, b in zip(self.starts, self.ends)]) \
             if len(self.starts) < 64 else _expand_runs(self.starts, self.ends)
 
@@ -250,18 +299,12 @@ def resolve_index_set(s: IndexSet, n: int, where: str) -> IndexRuns:
         if step == 0:
             raise LoweringError(f"{where}: slice step is zero in {s.text()} at n = {n}")
         a, b, c = slice(start, stop, step).indices(n)
-        if c == 1:
-            if b <= a:
-                return IndexRuns(np.zeros(0, np.int64), np.zeros(0, np.int64))
-            return IndexRuns(np.array([a], np.int64), np.array([b], np.int64))
-        r = range(a, b, c)
+        r = range(a, b, c)  # Python's clipping; a range object, never expanded
         if len(r) == 0:
             return IndexRuns(np.zeros(0, np.int64), np.zeros(0, np.int64))
-        if c < 0:
-            pos = np.arange(r[-1], r[0] + 1, -c, dtype=np.int64)
-        else:
-            pos = np.arange(a, b, c, dtype=np.int64)
-        return _runs_from_sorted(pos)
+        first, last = min(r[0], r[-1]), max(r[0], r[-1])
+        step = 1 if len(r) == 1 else abs(c)
+        return IndexRuns(np.array([first], np.int64), np.array([last + 1], np.int64), step)
     vals = []
     for e in s.items:
         v = evaluate(e, n)

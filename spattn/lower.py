@@ -26,12 +26,14 @@ from . import intervals as iv
 from .bind import Bound, bind
 from .checks import MAX_N, check_n
 from .errors import LoweringError, ResourceError
+from .random_keys import MAX_PASSES
 
 __all__ = ["MAX_DENSE_N", "MAX_N", "CHUNK_INTERVALS", "check_n", "eval_rows", "chunks",
            "row_intervals", "nnz", "csr_rows", "to_csr", "to_dense"]
 
 MAX_DENSE_N = 16_384  #: largest n that ``to_dense`` accepts (a 256 MiB boolean matrix)
 CHUNK_INTERVALS = 1 << 21  #: target number of intervals per chunk of rows
+_DENSE_BLOCK_CELLS = 1 << 20  #: cells of the per-block work arrays of ``to_dense``
 
 
 def _rows_window(n: int, r0: int, r1: int, clip):
@@ -102,7 +104,9 @@ def eval_rows(b: Bound, n: int, r0: int, r1: int, clip=None):
 
 _CACHE_BYTES = 256 << 20  #: keep pass-1 intervals up to this size; beyond, recomputing the
 #: chunk in pass 2 (in reused buffers) is cheaper than faulting in fresh memory for them
-MAX_WORK = 1 << 32  #: most intervals one lowering may generate (under a minute of work)
+MAX_WORK = 1 << 29  #: most intervals one lowering may generate (about a minute of work at
+#: ~10M intervals/s: a few KB of text such as a union of 40 strides at n = 20,000 is refused
+#: at once instead of running for minutes)
 
 
 def chunks(b: Bound, n: int, r0: int, r1: int) -> Iterator[tuple[int, int]]:
@@ -118,6 +122,12 @@ def chunks(b: Bound, n: int, r0: int, r1: int) -> Iterator[tuple[int, int]]:
         raise ResourceError(f"lowering at n = {n:,} would generate about "
                             f"{(r1 - r0) * est:,.0f} intervals (limit {MAX_WORK:,}); use a "
                             "smaller n or a sparser pattern")
+    calls = -(-(r1 - r0) // rows)
+    passes = calls * sum(p.spec.passes(p.args, n, rows) for p in b.prims())
+    if passes > MAX_PASSES:
+        raise ResourceError(f"lowering at n = {n:,} would take about {passes:,.0f} sequential "
+                            f"numpy passes (limit {MAX_PASSES:,}: random keys are drawn step "
+                            "by step); use fewer random keys or a smaller n")
     for a in range(r0, r1, rows):
         yield a, min(r1, a + rows)
 
@@ -216,14 +226,20 @@ def to_dense(node: ir.Node, n: int) -> np.ndarray:
         raise ResourceError(f"to_dense(n = {n:,}) would build an n×n matrix of "
                             f"{guard.fmt_bytes(float(n) * n)}; the limit is n <= {MAX_DENSE_N:,} "
                             "(use to_csr for large n)")
-    guard.check(float(n) * n, f"a dense {n}×{n} mask")
+    guard.check(float(n) * n + 64.0 * _DENSE_BLOCK_CELLS, f"a dense {n}×{n} mask")
     out = np.zeros((n, n), dtype=bool)
+    W = n + 1
+    R = max(1, _DENSE_BLOCK_CELLS // W)  # rows per block: small int64 work arrays
     for _, _, row, lo, hi in row_intervals(node, n):
-        for r, a, c in zip(row.tolist(), lo.tolist(), hi.tolist()) if len(lo) < 4096 else ():
-            out[r, a:c] = True
-        if len(lo) >= 4096:
-            lens = hi - lo
-            cols = np.empty(int(lens.sum()), np.int64)
-            iv.expand_into(cols, lo, hi)
-            out[np.repeat(row, lens), cols] = True
+        s0 = 0
+        while s0 < len(row):  # blocks of R rows that have intervals
+            r0 = int(row[s0])
+            r1 = min(n, r0 + R)
+            s1 = int(np.searchsorted(row, r1))
+            rr = row[s0:s1] - r0
+            size = (r1 - r0) * W
+            d = (np.bincount(rr * W + lo[s0:s1], minlength=size)
+                 - np.bincount(rr * W + hi[s0:s1], minlength=size))
+            out[r0:r1] = np.cumsum(d.reshape(r1 - r0, W), axis=1)[:, :n] > 0
+            s0 = s1
     return out

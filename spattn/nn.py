@@ -95,6 +95,8 @@ class SparseAttention(nn.Module):
         self.num_heads = H
         self.head_dim = E // H
         self.patterns: tuple[Pattern, ...] = resolve_patterns(pattern, H)
+        for p in self.patterns:
+            str(p)  # cache the canonical text: torch.compile passes it to spattn's operator
         self.backend = backend
         self.batch_first = bool(batch_first)
         self.scale = scale
@@ -152,6 +154,10 @@ class SparseAttention(nn.Module):
                    else f"backend={self.backend!r}")
         return (f"embed_dim={self.embed_dim}, num_heads={self.num_heads}, {pat}, {backend}, "
                 f"batch_first={self.batch_first}")
+
+    def __prepare_scriptable__(self):
+        raise SpattnError("SparseAttention cannot be compiled by TorchScript (torch.jit."
+                          "script / trace): use torch.compile, which spattn supports")
 
     # -- forward
     def _check(self, x: Any, key_padding_mask: Any) -> tuple[torch.Tensor, bool]:
@@ -246,8 +252,13 @@ class SparseEncoderLayer(nn.Module):
                  = None, *, dropout: float = 0.0, backend: str = "auto", bias: bool = True,
                  device: Any = None, dtype: Any = None):
         super().__init__()
+        embed_dim = positive_int(embed_dim, "embed_dim")
         ff = dim_feedforward if dim_feedforward is not None else 4 * embed_dim
         ff = positive_int(ff, "dim_feedforward")
+        if isinstance(dropout, bool) or not isinstance(dropout, (int, float)) \
+                or not 0.0 <= dropout <= 1.0:
+            raise SpattnError(f"dropout must be a probability between 0 and 1, got "
+                              f"{dropout!r:.60}")
         kw = {"device": device, "dtype": dtype}
         self.norm1 = nn.LayerNorm(embed_dim, **kw)
         self.attn = SparseAttention(embed_dim, num_heads, pattern, backend, bias=bias, **kw)
@@ -277,9 +288,11 @@ class SparseEncoder(nn.Module):
                  dim_feedforward: int | None = None, *, dropout: float = 0.0,
                  backend: str = "auto", device: Any = None, dtype: Any = None):
         super().__init__()
-        if isinstance(layer_patterns, (str, Pattern)) or not len(layer_patterns):
+        if isinstance(layer_patterns, (str, Pattern)) or not hasattr(layer_patterns, "__len__") \
+                or not len(layer_patterns):
             raise SpattnError("layer_patterns must be a non-empty list with one entry per "
-                              "layer (a pattern, or a list of per-head patterns)")
+                              "layer (a pattern, or a list of per-head patterns), got "
+                              f"{layer_patterns!r:.60}")
         self.layers = nn.ModuleList(
             SparseEncoderLayer(embed_dim, num_heads, p, dim_feedforward, dropout=dropout,
                                backend=backend, device=device, dtype=dtype)

@@ -65,11 +65,7 @@ class NumpyOps:
         return x
 
     def member(self, runs: IndexRuns, x: np.ndarray) -> np.ndarray:
-        if len(runs.starts) == 0:
-            return np.zeros(np.shape(x), bool)
-        k = np.searchsorted(runs.ends, x, side="right")
-        inside = k < len(runs.starts)
-        return inside & (runs.starts[np.minimum(k, len(runs.starts) - 1)] <= x)
+        return runs.contains(x)
 
     def random(self, a: tuple, i: np.ndarray, j: np.ndarray) -> np.ndarray:
         k, seed = a
@@ -130,11 +126,22 @@ def numpy_mask(b: Bound, i: np.ndarray, j: np.ndarray, n: int) -> np.ndarray:
 
 
 def membership(runs: IndexRuns, n: int) -> np.ndarray:
-    """The index set as a length-n boolean table."""
+    """The index set as a length-n boolean table (n bytes: checked against the budget)."""
+    from . import guard
+
+    guard.check(float(n), f"a membership table of n = {n:,} positions",
+                "use a slice with a step (closed form) or a smaller n")
     t = np.zeros(n, bool)
+    if runs.step > 1:
+        t[int(runs.starts[0]):int(runs.ends[0]):runs.step] = True
+        return t
     for s, e in zip(runs.starts.tolist(), runs.ends.tolist(), strict=True):
         t[s:e] = True
     return t
+
+
+#: index sets of at most this many runs are tested by comparisons, without a table
+FEW_RUNS = 8
 
 
 class TorchOps:
@@ -149,7 +156,8 @@ class TorchOps:
         self._keys: dict[int, Any] = {}
         for p in b.prims():
             for x in p.args:
-                if isinstance(x, IndexRuns) and id(x) not in self._member:
+                if isinstance(x, IndexRuns) and x.step == 1 and len(x.starts) > FEW_RUNS \
+                        and id(x) not in self._member:
                     self._member[id(x)] = torch.from_numpy(membership(x, n)).to(device)
             keys = p.spec.key_table(p.args, n)
             if keys is not None:
@@ -161,6 +169,14 @@ class TorchOps:
         return x
 
     def member(self, runs: IndexRuns, x):
+        if runs.step > 1:  # one progression: closed form
+            s, e, c = int(runs.starts[0]), int(runs.ends[0]), runs.step
+            return (x >= s) & (x < e) & ((x - s) % c == 0)
+        if len(runs.starts) <= FEW_RUNS:
+            out = x < 0
+            for s, e in zip(runs.starts.tolist(), runs.ends.tolist(), strict=True):
+                out = out | ((x >= s) & (x < e))
+            return out
         return self._member[id(runs)][x]
 
     def random(self, a: tuple, i, j):

@@ -40,6 +40,19 @@ def _base(n: int, seed: int) -> np.uint64:
     return b[0]
 
 
+MAX_PASSES = 200_000  #: most numpy passes one drawing may take (a few seconds)
+_BITMAP_CELLS = 1 << 25  #: rows x n cells of the "already taken" bitmap per chunk
+
+
+def draw_passes(n: int, r: int, rows: int) -> int:
+    """Numpy passes that drawing the keys of ``rows`` rows takes: Floyd's sampling is
+    sequential in its k steps, vectorised over rows in chunks."""
+    k = min(r, n)
+    if k <= 32:
+        return k
+    return k * -(-rows // max(1, _BITMAP_CELLS // n))
+
+
 def row_keys(n: int, r: int, seed: int, rows: np.ndarray) -> np.ndarray:
     """Sorted keys of ``random(r, seed)`` for each row in ``rows``: int64 array of shape
     ``(len(rows), min(r, n))``."""
@@ -48,6 +61,10 @@ def row_keys(n: int, r: int, seed: int, rows: np.ndarray) -> np.ndarray:
     R = len(rows)
     if k == 0 or R == 0:
         return np.zeros((R, k), np.int64)
+    from . import guard
+
+    guard.check(R * k * 24.0, f"the keys of random({k}) for {R:,} rows at n = {n:,}",
+                "use fewer random keys or a smaller n")
     if k == n:
         return np.broadcast_to(np.arange(n, dtype=np.int64), (R, n)).copy()
     s = _mix(rows.astype(np.uint64) ^ _base(n, seed))
@@ -63,10 +80,15 @@ def row_keys(n: int, r: int, seed: int, rows: np.ndarray) -> np.ndarray:
                 x = np.where(taken, t, x)
             out[:, step] = x
     else:
-        from . import guard
-
         guard.check(float(n) + R * k * 8.0, f"drawing random({r}) keys at n = {n:,}")
-        chunk = max(1, (1 << 25) // n)
+        passes = draw_passes(n, r, R)
+        if passes > MAX_PASSES:
+            from .errors import ResourceError
+
+            raise ResourceError(f"drawing random({k}) keys for {R:,} rows at n = {n:,} would "
+                                f"take about {passes:,} sequential numpy passes (limit "
+                                f"{MAX_PASSES:,}); use fewer random keys or a smaller n")
+        chunk = max(1, _BITMAP_CELLS // n)
         for a in range(0, R, chunk):
             b = min(R, a + chunk)
             seen = np.zeros((b - a, n), dtype=bool)

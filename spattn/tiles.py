@@ -278,18 +278,8 @@ def fix_area1(r: Runs, g: Grid) -> Runs:
 
 
 def index_counts(runs: IndexRuns, starts: np.ndarray, ends: np.ndarray) -> np.ndarray:
-    """How many positions of the index set fall in each ``[starts, ends)``."""
-    if len(runs.starts) == 0:
-        return np.zeros(len(starts), np.int64)
-    cum = np.concatenate([[0], np.cumsum(runs.ends - runs.starts)])
-
-    def upto(x):  # positions < x
-        k = np.searchsorted(runs.starts, x, side="right")  # runs starting before x
-        km = np.maximum(k - 1, 0)
-        part = np.clip(x - runs.starts[km], 0, runs.ends[km] - runs.starts[km])
-        return np.where(k > 0, cum[km] + part, 0)
-
-    return upto(ends) - upto(starts)
+    """How many positions of the index set fall in each ``[starts, ends)`` (closed form)."""
+    return runs.count_below(ends) - runs.count_below(starts)
 
 
 def lookup(r: Runs, a: np.ndarray, c: np.ndarray, W: int) -> np.ndarray:

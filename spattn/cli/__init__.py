@@ -73,4 +73,8 @@ def main(argv: list[str] | None = None) -> int:
         status = 130
     except BrokenPipeError:
         status = 0
+    except OSError as e:  # stdout on a full disk, /dev/full, a closed terminal
+        print(f"spattn {args.command}: error: cannot write output: {e.strerror or e}",
+              file=sys.stderr)
+        status = 2
     return status

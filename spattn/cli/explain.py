@@ -34,6 +34,8 @@ def cmd_explain(args: argparse.Namespace) -> int:
     con = console()
     con.print(f"[bold]canonical:[/bold] {escape(str(p))}")
 
+    errors: list[str] = []
+
     def label(node) -> str:
         kind = {ir.Union: "| union", ir.Inter: "& intersection", ir.Diff: "- difference",
                 ir.Not: "~ complement"}.get(type(node))
@@ -41,7 +43,8 @@ def cmd_explain(args: argparse.Namespace) -> int:
         try:
             d = f"{nnz(node, n) / (float(n) * n):.4g}"
         except SpattnError as e:
-            d = f"error: {escape(str(e).splitlines()[0])}"
+            errors.append(str(e).splitlines()[0])
+            d = f"error: {escape(errors[-1])}"
         if kind is not None and len(text(node)) <= 60:
             head += f"  {escape(text(node))}"
         return f"{head}  [dim]density {d}[/dim]"
@@ -55,4 +58,6 @@ def cmd_explain(args: argparse.Namespace) -> int:
             stack.append((c, sub))
     con.print(f"IR at n = {n:,}:")
     con.print(tree)
+    if errors:  # like `spattn stats`: a pattern that cannot be lowered at n is an error
+        raise SpattnError(f"the pattern cannot be lowered at n = {n:,}: {errors[0]}")
     return 0

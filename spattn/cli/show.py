@@ -31,6 +31,25 @@ def _show_args(p: argparse.ArgumentParser) -> None:
 TOKEN_LEVEL_MAX = 2048  #: token-level picture up to this n; a tile heat map beyond
 
 
+#: image formats ``show`` writes, by file suffix
+FORMATS = {".png": "png", ".pdf": "pdf", ".svg": "svg", ".jpg": "jpg", ".jpeg": "jpeg",
+           ".eps": "eps"}
+
+
+def image_format(path: str) -> str:
+    """The image format for an output path, from its suffix (PNG without one); exactly
+    that path is written."""
+    import os
+
+    suffix = os.path.splitext(path)[1].lower()
+    if not suffix:
+        return "png"
+    if suffix not in FORMATS:
+        raise SpattnError(f"cannot write {path!r}: unknown image format {suffix!r}; use one of "
+                          f"{', '.join(FORMATS)} (or no suffix for PNG)")
+    return FORMATS[suffix]
+
+
 def _import_matplotlib():
     """(matplotlib, pyplot, matplotlib.ticker) with the non-interactive Agg backend, or a
     SpattnError with the install hint when matplotlib (the optional ``viz`` extra) is missing."""
@@ -62,6 +81,7 @@ def cmd_show(args: argparse.Namespace) -> int:
 
     p = compile_pattern(args.pattern)
     n = check_n(args.n)
+    fmt_out = image_format(args.output)
     parent = os.path.dirname(os.path.abspath(args.output))
     if not os.path.isdir(parent):
         raise SpattnError(f"cannot write {args.output!r}: no directory {parent!r}")
@@ -114,7 +134,7 @@ def cmd_show(args: argparse.Namespace) -> int:
     fig.suptitle(str(p))
     fig.tight_layout()
     try:
-        fig.savefig(args.output, dpi=100)
+        fig.savefig(args.output, dpi=100, format=fmt_out)
     except OSError as e:
         raise SpattnError(f"cannot write {args.output!r}: {e.strerror or e}") from None
     finally:

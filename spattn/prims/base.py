@@ -122,6 +122,11 @@ class Primitive:
         """About how many intervals one row has (sizes row chunks)."""
         return 1.0
 
+    def passes(self, a: tuple, n: int, rows: int) -> float:
+        """About how many vectorised numpy passes lowering ``rows`` rows at once costs beyond
+        its intervals (bounds lowering time; 0 for closed-form primitives)."""
+        return 0.0
+
     def interval(self, a: tuple, n: int, i: np.ndarray):
         """``(lo, hi)`` per row for single-interval primitives (``lo >= hi``: empty row)."""
         raise NotImplementedError

@@ -1,9 +1,10 @@
 """Primitives over an index set: ``rows(I)``, ``cols(I)`` and the symmetric ``global(I)``.
 
 In / Out: entries of the primitive table (see :mod:`spattn.prims.base` for the hooks). Their
-argument is resolved at n to sorted runs of positions (:class:`spattn.ir.IndexRuns`); element
-predicates look positions up through ``ops.member`` (a search in the runs on numpy, a
-membership table on torch and in Triton kernels).
+argument is resolved at n to sorted runs of positions or one arithmetic progression
+(:class:`spattn.ir.IndexRuns`, never expanded); element predicates look positions up through
+``ops.member`` (closed form for progressions and a few runs; a search in the runs on numpy; a
+membership table on torch and in Triton kernels for many runs).
 """
 
 from __future__ import annotations
@@ -29,10 +30,9 @@ class _IndexSet(Primitive):
     _points_to: tuple[str, ...] = ()
 
     def structure(self, a, n, st):
-        runs = a[0]
-        if len(runs.starts) > _MAX_RUNS_AFFINE:
+        pts = a[0].points(_MAX_RUNS_AFFINE)
+        if pts is None:
             return False
-        pts = set(runs.starts.tolist()) | set(runs.ends.tolist())
         for name in self._points_to:
             getattr(st, name).update(pts)
         return True
@@ -40,11 +40,24 @@ class _IndexSet(Primitive):
 
 def _row_interval(runs: ir.IndexRuns, n: int, i: np.ndarray):
     """Rows of ``rows(I)``: the whole row [0, n) when i is in I, else empty."""
-    k = np.searchsorted(runs.ends, i, side="right")
-    inside = np.zeros(len(i), bool)
-    ok = k < len(runs.starts)
-    inside[ok] = runs.starts[k[ok]] <= i[ok]
-    return np.zeros(len(i), np.int64), np.where(inside, n, 0).astype(np.int64)
+    return np.zeros(len(i), np.int64), np.where(runs.contains(i), n, 0).astype(np.int64)
+
+
+def _keys_in_window(runs: ir.IndexRuns, i: np.ndarray, clo: np.ndarray, chi: np.ndarray):
+    """Normal-form intervals of the set's positions within each row's ``[clo, chi)``."""
+    if runs.step == 1:
+        return iv.runs_in_window(i, runs.starts, runs.ends, clo, chi)
+    if len(runs.starts) == 0:
+        return iv.empty()
+    s, e, c = int(runs.starts[0]), int(runs.ends[0]), runs.step
+    lo, hi = np.maximum(clo, s), np.minimum(chi, e)
+    first = s + (lo - s + c - 1) // c * c
+    return iv.progression_points(i, first, np.maximum((hi - first + c - 1) // c, 0), c)
+
+
+def _row_keys_estimate(runs: ir.IndexRuns) -> float:
+    """Intervals a row of ``cols(I)`` has: one per run, or one per progression position."""
+    return float(len(runs.starts) if runs.step == 1 else runs.count)
 
 
 class Rows(_IndexSet):
@@ -74,10 +87,10 @@ class Cols(_IndexSet):
         return ops.member(a[0], j) & (i >= 0)
 
     def est(self, a, n):
-        return len(a[0].starts) + 1
+        return _row_keys_estimate(a[0]) + 1
 
     def rows(self, a, n, i, clo, chi):
-        return iv.runs_in_window(i, a[0].starts, a[0].ends, clo, chi)
+        return _keys_in_window(a[0], i, clo, chi)
 
     def tiles(self, a, g):
         return tiles.col_runs(tiles.count_label(tiles.index_counts(a[0], g.cs, g.ce), g.span),
@@ -95,7 +108,7 @@ class Global(_IndexSet):
         return ops.member(a[0], i) | ops.member(a[0], j)
 
     def est(self, a, n):
-        return len(a[0].starts) + 2
+        return _row_keys_estimate(a[0]) + 2
 
     def saturates(self, a):
         return a[0].count > 0
@@ -103,7 +116,7 @@ class Global(_IndexSet):
     def rows(self, a, n, i, clo, chi):
         lo, hi = _row_interval(a[0], n, i)
         whole = iv.per_row(i, np.maximum(lo, clo), np.minimum(hi, chi))
-        return iv.union([whole, iv.runs_in_window(i, a[0].starts, a[0].ends, clo, chi)], n)
+        return iv.union([whole, _keys_in_window(a[0], i, clo, chi)], n)
 
     def tiles(self, a, g):
         return tiles.combine([_ROWS.tiles(a, g), _COLS.tiles(a, g)], "union", g)

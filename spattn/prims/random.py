@@ -12,7 +12,8 @@ import numpy as np
 
 from .. import guard, ir, tiles
 from .. import intervals as iv
-from ..random_keys import row_keys
+from ..errors import ResourceError
+from ..random_keys import MAX_PASSES, draw_passes, row_keys
 from .base import Param, Primitive, const_values
 
 
@@ -35,6 +36,9 @@ class Random(Primitive):
     def key_table(self, a, n):
         k, seed = a
         return row_keys(n, k, seed, np.arange(n)) if 0 < k < n else None
+
+    def passes(self, a, n, rows):
+        return float(draw_passes(n, a[0], rows))
 
     def est(self, a, n):
         return a[0]
@@ -62,6 +66,11 @@ class Random(Primitive):
         W = g.nkb
         keys_of = []
         step = max(1, (1 << 22) // k)
+        passes = -(-g.m // step) * draw_passes(n, k, step)
+        if passes > MAX_PASSES:
+            raise ResourceError(f"the block layout of random({k}) at n = {n:,} would take "
+                                f"about {passes:,} sequential numpy passes to draw its keys "
+                                f"(limit {MAX_PASSES:,}); use fewer random keys or a smaller n")
         for r0 in range(g.off, n, step):
             r1 = min(n, r0 + step)
             keys = row_keys(n, k, seed, np.arange(r0, r1, dtype=np.int64))
