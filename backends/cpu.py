@@ -38,7 +38,7 @@ from spattn import guard
 from spattn.cache import LRUCache
 from spattn.errors import ShapeError, SpattnError
 
-from .cpu_plan import Group, Plan, Strides, plan_bytes
+from .cpu_plan import Group, Plan, Strides, compute_dtype, heads_by_plan, plan_bytes
 from .cpu_planner import build_plan
 
 _FLASH = torch.ops.aten._scaled_dot_product_flash_attention_for_cpu
@@ -304,14 +304,6 @@ def _backward(plan: Plan, q, k, v, out, lse, dout, scale: float):
     return dq[:m], dk, dv
 
 
-def _heads(plans: tuple[Plan, ...]) -> list[tuple[Plan, list[int]]]:
-    """Heads grouped by plan (shared patterns share one plan and one batched run)."""
-    groups: dict[int, tuple[Plan, list[int]]] = {}
-    for h, p in enumerate(plans):
-        groups.setdefault(id(p), (p, []))[1].append(h)
-    return list(groups.values())
-
-
 def _seq_major(x: torch.Tensor, heads: list[int], dtype: torch.dtype) -> torch.Tensor:
     """(B, H, S, D) -> (S, B*len(heads), D) contiguous in ``dtype``."""
     B, H, S, D = x.shape
@@ -347,11 +339,11 @@ def forward_lse(q, k, v, plans: tuple[Plan, ...], scale: float):
     """Output and log-sum-exp (B, H, m), both in the compute dtype (float64 for float64
     inputs, else float32), of one plan per head; no autograd."""
     B, H, m, D = q.shape
-    ct = torch.float64 if q.dtype == torch.float64 else torch.float32
+    ct = compute_dtype(q.dtype)
     out = torch.empty(B, H, m, D, dtype=ct)
     lse = torch.empty(B, H, m, dtype=ct)
     q, k, v = q.detach(), k.detach(), v.detach()
-    for plan, heads in _heads(plans):
+    for plan, heads in heads_by_plan(plans):
         if all_strided(plan):  # read (B, H, S, D) in place: no layout copies
             o, lz = _forward_hm(plan, _head_major(q, heads, ct), _head_major(k, heads, ct),
                                 _head_major(v, heads, ct), scale,
@@ -377,7 +369,7 @@ def backward_lse(q, k, v, out, lse, dout, plans: tuple[Plan, ...], scale: float)
     q, k, v, dout = q.detach(), k.detach(), v.detach(), dout.detach()
     ct = out.dtype
     dq, dk, dv = (torch.empty(x.shape, dtype=ct) for x in (q, k, v))
-    for plan, heads in _heads(plans):
+    for plan, heads in heads_by_plan(plans):
         gq, gk, gv = _backward(plan, _seq_major(q, heads, ct), _seq_major(k, heads, ct),
                                _seq_major(v, heads, ct), _seq_major(out, heads, ct),
                                _seq_major(lse.unsqueeze(-1), heads, ct).squeeze(-1),

@@ -18,7 +18,7 @@ import torch
 
 from spattn import guard
 
-from .cpu_plan import Plan
+from .cpu_plan import Plan, compute_dtype, heads_by_plan
 
 
 def _safe_shift(x: torch.Tensor, dim: int) -> torch.Tensor:
@@ -62,16 +62,13 @@ def attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, plans: tuple[Pl
     """Differentiable sparse attention of q over k, v with one plan per head."""
     B, H, m, D = q.shape
     n = k.shape[2]
-    ct = torch.float64 if q.dtype == torch.float64 else torch.float32
-    area = sum(c.area for p in {id(p): p for p in plans}.values() for c in p.components)
+    ct = compute_dtype(q.dtype)
+    area = sum(c.area for p, _ in heads_by_plan(plans) for c in p.components)
     guard.check(float(area) * B * H * (ct.itemsize * 8),
                 f"double-backward workspace (score tiles of {area:,} slots, B={B}, H={H})",
                 "use smaller tensors, or avoid create_graph=True")
-    groups: dict[int, tuple[Plan, list[int]]] = {}
-    for h, p in enumerate(plans):
-        groups.setdefault(id(p), (p, []))[1].append(h)
     heads_out = [None] * H
-    for plan, heads in groups.values():
+    for plan, heads in heads_by_plan(plans):
         nh = len(heads)
         sel = torch.tensor(heads, dtype=torch.long)
 

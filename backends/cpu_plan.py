@@ -107,6 +107,19 @@ class Plan:
 # helpers
 
 
+def compute_dtype(dtype: torch.dtype) -> torch.dtype:
+    """The dtype tiles are computed in: float64 for float64 inputs, float32 otherwise."""
+    return torch.float64 if dtype == torch.float64 else torch.float32
+
+
+def heads_by_plan(plans: tuple[Plan, ...]) -> list[tuple[Plan, list[int]]]:
+    """Heads grouped by plan (shared patterns share one plan and one batched run)."""
+    groups: dict[int, tuple[Plan, list[int]]] = {}
+    for h, p in enumerate(plans):
+        groups.setdefault(id(p), (p, []))[1].append(h)
+    return list(groups.values())
+
+
 def plan_bytes(plan: Plan) -> int:
     """Memory held by a plan (for cache accounting)."""
     total = 0

@@ -238,23 +238,14 @@ def _forward(q, k, v, patterns, scale, cfg):
 
     B, H, m, D = q.shape
     n = k.shape[2]
-    bq, bk = cfg[0], cfg[1]
     o = torch.empty_like(q)
     lse = torch.empty((B, H, m), device=q.device, dtype=torch.float32)
-    plans = []
-    for pat, heads in _groups(patterns):
-        hs = _heads(heads, q.device)
-        dec = decompose(pat, n, m, bq, bk)
-        if dec is None:
-            pl = _plan(pat, n, m, bq, bk, q.device)
-            _launch_fwd(pl, q, k, v, o, lse, hs, H, m, n, scale, cfg)
-            plans.append((pl, heads, None))
+    plans = _plan_list(patterns, n, m, cfg, q.device)
+    for pl, heads, perm in plans:
+        _launch_fwd(pl, q, k, v, o, lse, _heads(heads, q.device), H, m, n, scale, cfg)
+        if perm is None:
             continue
-        p1, p2, s_val, causal = dec
-        pl1 = _plan(p1, n, m, bq, bk, q.device)
-        pp = _perm_plan(p2, s_val, causal, n, m, bq, bk, q.device)
-        hl = _heads(heads, q.device, "long")
-        _launch_fwd(pl1, q, k, v, o, lse, hs, H, m, n, scale, cfg)
+        pp, hl = perm
         qp, kp, vp = _gather(q, hl, pp.qperm_t), _gather(k, hl, pp.kperm_t), \
             _gather(v, hl, pp.kperm_t)
         Hs = len(heads)
@@ -267,7 +258,6 @@ def _forward(q, k, v, patterns, scale, cfg):
         om, lm = _merge(o[:, hl], lse[:, hl], o2, l2)
         o[:, hl] = om
         lse[:, hl] = lm
-        plans.append((pl1, heads, (pp, hl)))
     return o, lse, plans
 
 
@@ -310,7 +300,8 @@ def _refuse_double_backward() -> None:
 
 
 def _plan_list(patterns, n: int, m: int, cfg, device) -> list:
-    """The launch plans :func:`_forward` uses, without launching (for the backward op)."""
+    """Per distinct pattern: ``(plan, heads, None)``, or ``(plan of the rest, heads,
+    (permuted stride plan, head indices))`` when the stride part runs permuted."""
     out = []
     for pat, heads in _groups(patterns):
         dec = decompose(pat, n, m, cfg[0], cfg[1])

@@ -97,18 +97,14 @@ def check_scale(scale: Any, D: int) -> float:
 
 
 def _pattern_texts(pattern: Any, H: int) -> list[str]:
-    """One canonical pattern text per head, for the ``spattn::attention`` operator. While
-    ``torch.compile`` traces, text is passed on as given and Patterns print their cached text
-    (the operator compiles them, outside the traced code)."""
-    import torch
-
-    if torch.compiler.is_compiling():
-        items = [pattern] * H if isinstance(pattern, (str, Pattern)) else list(pattern)
-        if len(items) != H:
-            raise ShapeError(f"got {len(items)} per-head patterns for H = {H} heads; give one "
-                             "pattern, or exactly one per head")
-        return [x if isinstance(x, str) else str(x) for x in items]
-    return [str(p) for p in resolve_patterns(pattern, H)]
+    """One pattern text per head for the ``spattn::attention`` operator, without compiling
+    (this runs while ``torch.compile`` traces; the operator compiles, outside traced code).
+    Patterns give their cached canonical text."""
+    items = [pattern] * H if isinstance(pattern, (str, Pattern)) else list(pattern)
+    if len(items) != H:
+        raise ShapeError(f"got {len(items)} per-head patterns for H = {H} heads; give one "
+                         "pattern, or exactly one per head")
+    return [x if isinstance(x, str) else str(x) for x in items]
 
 
 def _no_queries(q, k, v):
@@ -143,11 +139,11 @@ def attention(q, k, v, pattern, *, backend: str = "auto", scale: float | None = 
     if m == 0:
         resolve_patterns(pattern, H)
         return _no_queries(q, k, v)
-    if torch.compiler.is_compiling() and backend in ("auto", "cpu", "triton") \
-            and backends.is_builtin(backend):
+    if torch.compiler.is_compiling():
         from . import ops  # one opaque operator for torch.compile; eager calls skip it
 
-        return ops.attention(q, k, v, _pattern_texts(pattern, H), scale, backend)
+        if backend in ops.OP_BACKENDS and backends.is_builtin(backend):
+            return ops.attention(q, k, v, _pattern_texts(pattern, H), scale, backend)
     pats = resolve_patterns(pattern, H)
     b = backends.select(backend, q)
     return b.attention(q, k, v, pats, scale)

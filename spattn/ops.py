@@ -22,7 +22,6 @@ from .pattern import compile as compile_pattern
 #: backend names served through the operator (the others are called directly)
 OP_BACKENDS = ("auto", "cpu", "triton")
 
-
 #: separates the per-head pattern texts in the operator's one string argument (NUL never
 #: occurs in valid pattern text)
 SEP = "\x00"

@@ -169,9 +169,8 @@ class TorchOps:
         return x
 
     def member(self, runs: IndexRuns, x):
-        if runs.step > 1:  # one progression: closed form
-            s, e, c = int(runs.starts[0]), int(runs.ends[0]), runs.step
-            return (x >= s) & (x < e) & ((x - s) % c == 0)
+        if runs.step > 1:  # one progression: closed form (operators torch shares)
+            return runs.contains(x)
         if len(runs.starts) <= FEW_RUNS:
             out = x < 0
             for s, e in zip(runs.starts.tolist(), runs.ends.tolist(), strict=True):
