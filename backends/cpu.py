@@ -38,6 +38,7 @@ from spattn import guard
 from spattn.cache import LRUCache
 from spattn.errors import ShapeError, SpattnError
 
+from . import cpu_decode
 from .cpu_plan import Group, Plan, Strides, compute_dtype, heads_by_plan, plan_bytes
 from .cpu_planner import build_plan
 
@@ -420,6 +421,27 @@ class _SparseAttention(torch.autograd.Function):
         return (*grads, None, None)
 
 
+def few_queries(q, k, v, patterns, scale: float):
+    """:meth:`CPUBackend.attention` for m <= MAX_M queries over any n keys: per pattern, the
+    rows' intervals at n, cut into pieces read in place or gathered; no O(n) copy or mask."""
+    guard.tune_malloc()
+    B, H, m, D = q.shape
+    n = k.shape[2]
+    lay = cpu_decode.contiguous(n)
+    by: dict[Any, list[int]] = {}
+    for h, p in enumerate(patterns):
+        by.setdefault(p, []).append(h)
+    outs: dict[int, torch.Tensor] = {}
+    for p, heads in by.items():
+        row, lo, hi = cpu_decode.rows(p.node, n, n - m, n)
+        plan = cpu_decode.pieces(row, lo, hi, n - m, m, lay, torch.float32)
+        for h0, h1 in cpu_decode.head_runs(heads):
+            outs[h0] = cpu_decode.attention(q[:, h0:h1], [k[:, h0:h1]], [v[:, h0:h1]], plan,
+                                            float(scale))
+    parts = [outs[h] for h in sorted(outs)]
+    return parts[0] if len(parts) == 1 else torch.cat(parts, 1)
+
+
 class CPUBackend:
     """Exact sparse attention on CPU tensors (see the module docstring)."""
 
@@ -465,7 +487,11 @@ class CPUBackend:
         return plans
 
     def attention(self, q, k, v, patterns, scale):
-        """Differentiable sparse attention (first and higher derivatives)."""
+        """Differentiable sparse attention (first and higher derivatives). With at most
+        :data:`~spattn.backends.cpu_decode.MAX_M` queries (decoding) only the keys the rows
+        attend are read (:mod:`.cpu_decode`), in place where they are runs."""
+        if q.shape[2] <= cpu_decode.MAX_M and self.supports(q):
+            return few_queries(q, k, v, patterns, scale)
         return _SparseAttention.apply(q, k, v, self.plans(q, k, patterns), float(scale))
 
     def forward_lse(self, q, k, v, patterns, scale):

@@ -19,7 +19,8 @@ instead of touching every tile; the two partial results are merged by their log-
 the backward runs both parts with the merged statistics (gradients add). This is chosen only
 when it needs under half the tiles (:func:`_decompose`); ``SPATTN_TRITON_PERMUTE=0`` turns it
 off. Tile shapes come from :func:`block_shape`, or are timed per shape with
-``SPATTN_TRITON_AUTOTUNE=1`` (:data:`CANDIDATES`).
+``SPATTN_TRITON_AUTOTUNE=1`` (:data:`CANDIDATES`). Few queries (m <= 16) run the forward
+through the split-K kernel of :mod:`.triton_decode` (``SPATTN_TRITON_DECODE=0``: off).
 """
 
 from __future__ import annotations
@@ -34,6 +35,7 @@ from spattn.cache import LRUCache
 from spattn.errors import ShapeError, SpattnError
 
 from .triton_codegen import predicate_tensors
+from .triton_decode import decode_enabled, decode_forward
 from .triton_permute import PermPlan, decompose
 
 _SUPPORTED = ("float16", "bfloat16", "float32")
@@ -238,6 +240,9 @@ def _forward(q, k, v, patterns, scale, cfg):
 
     B, H, m, D = q.shape
     n = k.shape[2]
+    if decode_enabled(m):  # few queries: split-K kernel; plans are built by the backward
+        o, lse = decode_forward(q, k, v, patterns, scale)
+        return o, lse, None
     o = torch.empty_like(q)
     lse = torch.empty((B, H, m), device=q.device, dtype=torch.float32)
     plans = _plan_list(patterns, n, m, cfg, q.device)
@@ -323,14 +328,16 @@ def _autograd_fn():
         def forward(ctx, q, k, v, patterns, scale, cfg):
             o, lse, plans = _forward(q, k, v, patterns, scale, cfg)
             ctx.save_for_backward(q, k, v, o, lse)
-            ctx.plans, ctx.scale, ctx.cfg = plans, scale, cfg
+            ctx.plans, ctx.patterns, ctx.scale, ctx.cfg = plans, patterns, scale, cfg
             return o
 
         @staticmethod
         def backward(ctx, do):
             _refuse_double_backward()
             q, k, v, o, lse = ctx.saved_tensors
-            dq, dk, dv = _backward(q, k, v, o, lse, do, ctx.plans, ctx.scale, ctx.cfg)
+            plans = ctx.plans or _plan_list(ctx.patterns, k.shape[2], q.shape[2], ctx.cfg,
+                                            q.device)
+            dq, dk, dv = _backward(q, k, v, o, lse, do, plans, ctx.scale, ctx.cfg)
             return dq, dk, dv, None, None, None
 
     return _SparseAttention
@@ -404,6 +411,12 @@ def sparse_attention(q, k, v, patterns, scale: float, *, block_q: int | None = N
     global _FN
     if _FN is None:
         _FN = _autograd_fn()
+    grad = torch.is_grad_enabled() and any(x.requires_grad for x in (q, k, v))
+    if decode_enabled(q.shape[2]) and (return_lse or not grad) and (block_q, block_k) == (
+            None, None):  # inference with few queries: any strides, no padded copies
+        with torch.no_grad():
+            o, lse = decode_forward(q, k, v, tuple(patterns), float(scale))
+        return (o, lse * math.log(2.0)) if return_lse else o
     D = q.shape[3]
     (q, k, v), cfg = _prepare((q, k, v), block_q, block_k)
     Dp = q.shape[3]
@@ -457,6 +470,11 @@ class TritonBackend:
         import torch
 
         D = q.shape[3]
+        if decode_enabled(q.shape[2]):  # any strides and head dim: no padded copies
+            with torch.no_grad():
+                o, lse = decode_forward(q.detach(), k.detach(), v.detach(), tuple(patterns),
+                                        float(scale))
+            return o.float(), lse
         (qp, kp, vp), cfg = _prepare((q.detach(), k.detach(), v.detach()))
         with torch.no_grad():
             o, lse, _ = _forward(qp, kp, vp, tuple(patterns), float(scale), cfg)

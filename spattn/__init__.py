@@ -25,7 +25,8 @@ __version__ = "0.1.0"
 __all__ = [
     "Pattern", "compile", "attention", "load", "Stats", "BlockLayout", "SpattnError",
     "PatternSyntaxError", "PatternNameError", "LoweringError", "ResourceError", "ShapeError",
-    "ConfigError", "memory_budget", "set_memory_budget", "nn", "config", "__version__",
+    "ConfigError", "memory_budget", "set_memory_budget", "nn", "config", "KVCache",
+    "__version__",
 ]
 
 
@@ -39,6 +40,10 @@ def __getattr__(name: str):
         from .blocks import BlockLayout
 
         return BlockLayout
+    if name == "KVCache":
+        from .kvcache import KVCache
+
+        return KVCache
     if name == "load":
         from .config import load
 

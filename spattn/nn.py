@@ -196,22 +196,34 @@ class SparseAttention(nn.Module):
                                  f"{tuple(m.shape)}")
         return x, unbatched
 
-    def _attend(self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
+    def _attend(self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor,
+                cache: Any = None) -> torch.Tensor:
         B, L, _ = q.shape
         H, D = self.num_heads, self.head_dim
 
         def heads(t: torch.Tensor) -> torch.Tensor:
             return t.reshape(B, L, H, D).transpose(1, 2)
 
-        o = attention(heads(q), heads(k), heads(v), list(self.patterns), backend=self.backend,
-                      scale=self.scale)
+        if cache is not None:
+            o = cache.attend(heads(q), heads(k), heads(v), scale=self.scale)
+        else:
+            o = attention(heads(q), heads(k), heads(v), list(self.patterns),
+                          backend=self.backend, scale=self.scale)
         return o.transpose(1, 2).reshape(B, L, H * D)
 
-    def forward(self, x: torch.Tensor, key_padding_mask: torch.Tensor | None = None
-                ) -> torch.Tensor:
+    def new_cache(self):
+        """A :class:`spattn.KVCache` for this module's per-head patterns (causal ones)."""
+        from .kvcache import KVCache
+
+        return KVCache(list(self.patterns))
+
+    def forward(self, x: torch.Tensor, key_padding_mask: torch.Tensor | None = None, *,
+                cache: Any = None) -> torch.Tensor:
         """Self-attention over ``x`` ((B, L, E), or (L, B, E) when ``batch_first=False``, or
         unbatched (L, E)). ``key_padding_mask``: bool (B, L), True marks padding tokens.
-        Returns a tensor shaped like ``x``."""
+        ``cache``: a :class:`spattn.KVCache` (from :meth:`new_cache`) when ``x`` holds the
+        next positions of a sequence being decoded; they attend every position the cache has
+        seen. Returns a tensor shaped like ``x``."""
         x, unbatched = self._check(x, key_padding_mask)
         B, L, E = x.shape
         qkv = F.linear(x, self.in_proj_weight, self.in_proj_bias)
@@ -219,7 +231,12 @@ class SparseAttention(nn.Module):
         mask = key_padding_mask
         if mask is not None:
             mask = mask.to(x.device).reshape(B, L)
-        if mask is None or not bool(mask.any()):
+        if cache is not None:
+            if mask is not None and bool(mask.any()):
+                raise SpattnError("key_padding_mask cannot be combined with a cache: decode "
+                                  "each sequence without padding")
+            y = self.out_proj(self._attend(q, k, v, cache))
+        elif mask is None or not bool(mask.any()):
             o = self._attend(q, k, v)
             y = self.out_proj(o)
         else:
@@ -267,10 +284,11 @@ class SparseEncoderLayer(nn.Module):
                                 nn.Linear(ff, embed_dim, bias=bias, **kw))
         self.drop = nn.Dropout(dropout)
 
-    def forward(self, x: torch.Tensor, key_padding_mask: torch.Tensor | None = None
-                ) -> torch.Tensor:
-        """(B, L, E) -> (B, L, E)."""
-        x = x + self.drop(self.attn(self.norm1(x), key_padding_mask=key_padding_mask))
+    def forward(self, x: torch.Tensor, key_padding_mask: torch.Tensor | None = None, *,
+                cache: Any = None) -> torch.Tensor:
+        """(B, L, E) -> (B, L, E); ``cache`` as for :class:`SparseAttention`."""
+        x = x + self.drop(self.attn(self.norm1(x), key_padding_mask=key_padding_mask,
+                                    cache=cache))
         return x + self.drop(self.ff(self.norm2(x)))
 
 
@@ -312,9 +330,17 @@ class SparseEncoder(nn.Module):
             cfg.layer_patterns(0)  # raises: the file has no model section
         return cls(E, cfg.num_heads, pats, **kwargs)
 
-    def forward(self, x: torch.Tensor, key_padding_mask: torch.Tensor | None = None
-                ) -> torch.Tensor:
-        """(B, L, E) -> (B, L, E)."""
-        for layer in self.layers:
-            x = layer(x, key_padding_mask=key_padding_mask)
+    def new_caches(self) -> list:
+        """One :class:`spattn.KVCache` per layer, for :meth:`forward`'s ``caches``."""
+        return [layer.attn.new_cache() for layer in self.layers]
+
+    def forward(self, x: torch.Tensor, key_padding_mask: torch.Tensor | None = None, *,
+                caches: list | None = None) -> torch.Tensor:
+        """(B, L, E) -> (B, L, E). ``caches`` (from :meth:`new_caches`): decode, ``x`` being
+        the next positions of the sequence the caches have seen."""
+        if caches is not None and len(caches) != len(self.layers):
+            raise SpattnError(f"got {len(caches)} caches for {len(self.layers)} layers")
+        for i, layer in enumerate(self.layers):
+            x = layer(x, key_padding_mask=key_padding_mask,
+                      cache=None if caches is None else caches[i])
         return self.norm(x)

@@ -22,12 +22,27 @@ lowering (tiles)          ``tiles``: closed-form labelled runs of key blocks per
                           ``period`` (shift invariance) for settling undecided tiles
 analysis                  ``structure`` (the end points of its intervals, for the compressed
                           row families), ``causal_form``, ``symmetric``, ``progression_step``
+eviction (KV cache)       ``later``: C(j) = {i >= j : M[i, j]}, the queries at or after key j
+                          that attend it, as arithmetic progressions (:mod:`spattn.evict`);
+                          ``n_dependent``: M changes with n even at constant arguments
 ========================  ===================================================================
 
 Predicates must not branch on argument values (the Triton kernel generated from them is
 shared by every sequence length) and may take ``%`` and ``//`` only of non-negative operands
 or compare a remainder with zero, so that C semantics (Triton's integer division truncates)
 and Python's agree.
+
+``later`` works without n, on arguments evaluated once (``a`` as :func:`spattn.bind.arguments`
+gives them, unclamped; index sets as :class:`~spattn.ir.IndexRuns` resolved as unbounded sets
+by :mod:`spattn.evict`, an end at :data:`INF` meaning "no end"). It returns C(j) for an int64
+array of key positions j as a list of progressions ``(first, last, step)`` whose union is
+C(j): ``first`` and ``last`` int64 arrays shaped like j, ``step`` an int >= 1; the elements are
+first, first + step, ... up to ``last`` (which need not be one of them); ``last = INF`` means
+unbounded and ``first > last`` empty (for that j). The list's length depends on the arguments
+only, never on j. Every argument and position is capped at :data:`INF` (:func:`capped_add`,
+:func:`progressions`) so that int64 arithmetic never overflows: a position at INF stands for
+"some query past every real sequence", and an argument at or above INF counts as unbounded.
+``later`` returns None when there is no closed form (``random``).
 """
 
 from __future__ import annotations
@@ -39,6 +54,25 @@ import numpy as np
 
 from .. import intervals as iv
 from .. import ir
+
+INF = 2**62
+"""``later``'s unbounded end: no sequence reaches it, and int64 arithmetic near it cannot
+overflow."""
+
+
+def capped_add(j: np.ndarray, w: int) -> np.ndarray:
+    """``min(j + w, INF)`` for int64 ``j`` in [0, INF] and an int ``w >= 0``, without overflow."""
+    w = min(int(w), INF)
+    return np.minimum(j, INF - w) + w
+
+
+def progressions(first: np.ndarray, last: np.ndarray, step: int) -> list[tuple]:
+    """The progression ``(first, last, step)`` as ``later`` returns it: itself when the step
+    is below INF, else its first element plus, where it is unbounded, the far point INF."""
+    if step < INF:
+        return [(first, last, int(step))]
+    far = np.where(last >= INF, INF, -1).astype(np.int64)
+    return [(first, np.minimum(last, first), 1), (np.full_like(first, INF), far, 1)]
 
 
 @dataclass(frozen=True)
@@ -70,6 +104,8 @@ class Primitive:
     single_interval: bool = False
     #: the pairs are exactly ``i ≡ j (mod s)`` for its one argument s (``stride``)
     residue_class: bool = False
+    #: M changes with n even when every argument is a constant (``random``: the draw)
+    n_dependent: bool = False
 
     def __repr__(self) -> str:
         return f"<primitive {self.name}>"
@@ -153,6 +189,13 @@ class Primitive:
 
     def period(self, a: tuple) -> int | None:
         """p when shifting i and j together by a multiple of p keeps M (None: no such p)."""
+        return None
+
+    # -- eviction (KV cache)
+
+    def later(self, a: tuple, j: np.ndarray) -> list[tuple] | None:
+        """C(j) = {i >= j : M[i, j]} as progressions ``(first, last, step)`` (see the module
+        docstring), or None when there is no closed form."""
         return None
 
     # -- analysis

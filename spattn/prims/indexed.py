@@ -13,7 +13,7 @@ import numpy as np
 
 from .. import intervals as iv
 from .. import ir, tiles
-from .base import Param, Primitive
+from .base import INF, Param, Primitive, progressions
 
 _MAX_RUNS_AFFINE = 4096  #: index sets with more runs are not used as family breakpoints
 
@@ -55,6 +55,16 @@ def _keys_in_window(runs: ir.IndexRuns, i: np.ndarray, clo: np.ndarray, chi: np.
     return iv.progression_points(i, first, np.maximum((hi - first + c - 1) // c, 0), c)
 
 
+def _at_or_after(runs: ir.IndexRuns, j: np.ndarray) -> list[tuple]:
+    """The set's positions at or after each j, as progressions (an end at INF: unbounded)."""
+    lasts = [INF if e >= INF else e - 1 for e in runs.ends.tolist()]
+    if runs.step > 1 and lasts:
+        s, c = int(runs.starts[0]), runs.step
+        lo = np.maximum(j, s)
+        return progressions(lo + (s - lo) % c, np.full_like(j, lasts[0]), c)
+    return [(np.maximum(j, s), np.full_like(j, e), 1) for s, e in zip(runs.starts.tolist(), lasts)]
+
+
 def _row_keys_estimate(runs: ir.IndexRuns) -> float:
     """Intervals a row of ``cols(I)`` has: one per run, or one per progression position."""
     return float(len(runs.starts) if runs.step == 1 else runs.count)
@@ -71,6 +81,9 @@ class Rows(_IndexSet):
 
     def interval(self, a, n, i):
         return _row_interval(a[0], n, i)
+
+    def later(self, a, j):
+        return _at_or_after(a[0], j)
 
     def tiles(self, a, g):
         return tiles.row_runs(tiles.count_label(tiles.index_counts(a[0], g.qs, g.qe), g.rows),
@@ -91,6 +104,9 @@ class Cols(_IndexSet):
 
     def rows(self, a, n, i, clo, chi):
         return _keys_in_window(a[0], i, clo, chi)
+
+    def later(self, a, j):
+        return [(j, np.where(a[0].contains(j), INF, -1).astype(np.int64), 1)]
 
     def tiles(self, a, g):
         return tiles.col_runs(tiles.count_label(tiles.index_counts(a[0], g.cs, g.ce), g.span),
@@ -117,6 +133,9 @@ class Global(_IndexSet):
         lo, hi = _row_interval(a[0], n, i)
         whole = iv.per_row(i, np.maximum(lo, clo), np.minimum(hi, chi))
         return iv.union([whole, _keys_in_window(a[0], i, clo, chi)], n)
+
+    def later(self, a, j):
+        return _COLS.later(a, j) + _ROWS.later(a, j)
 
     def tiles(self, a, g):
         return tiles.combine([_ROWS.tiles(a, g), _COLS.tiles(a, g)], "union", g)

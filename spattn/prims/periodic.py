@@ -13,7 +13,7 @@ import numpy as np
 
 from .. import intervals as iv
 from .. import ir, tiles
-from .base import Param, Primitive, const_values
+from .base import INF, Param, Primitive, capped_add, const_values, progressions
 from .windows import Block, Local, window_node
 
 _LOCAL = Local()
@@ -62,6 +62,9 @@ class Stride(Primitive):
         if prog is None:  # step 1: every key
             return iv.per_row(i, clo, chi)
         return iv.progression_points(i, *prog)
+
+    def later(self, a, j):
+        return progressions(j, np.full_like(j, INF), a[0])  # j, j + s, ...
 
     def tiles(self, a, g):
         return tiles.stride_runs(a[0], g)
@@ -118,6 +121,10 @@ class Dilated(Primitive):
             return _LOCAL.rows(self._as_local(a), n, i, clo, chi)
         return iv.progression_points(i, *prog)
 
+    def later(self, a, j):
+        w, d = a[:2]
+        return progressions(j, capped_add(j, min(w, INF) * min(d, INF)), d)
+
     def tiles(self, a, g):
         w, d, reach = a
         if d == 1 or w == 0:
@@ -173,6 +180,11 @@ class Fixed(Primitive):
         lo = np.concatenate([lo, np.maximum(blo, clo)])
         hi = np.concatenate([hi, np.minimum(np.minimum(blo + l, n), chi)])
         return iv.normalize(row, lo, hi, n)
+
+    def later(self, a, j):
+        l = min(a[0], INF + 1)
+        summary = j % l >= l - min(a[1], l)  # a summary column: every later query
+        return [(j, np.where(summary, INF, capped_add(j - j % l, l - 1)), 1)]
 
     def tiles(self, a, g):
         l, c = a

@@ -21,6 +21,7 @@ class Random(Primitive):
     name = "random"
     params = (Param("r", minimum=0), Param("seed", default=0))
     doc = "j in R_i: min(r, n) distinct keys drawn for row i"
+    n_dependent = True
 
     def clamp(self, vals, n):
         r, seed = vals
@@ -54,6 +55,9 @@ class Random(Primitive):
         if not ok.all():
             row, lo = row[ok], lo[ok]
         return iv.merge_sorted(row, lo, lo + 1)
+
+    def later(self, a, j):
+        return None  # the keys depend on n: no closed form
 
     def tiles(self, a, g):
         k, seed = a

@@ -9,7 +9,7 @@ from __future__ import annotations
 import numpy as np
 
 from .. import ir, tiles
-from .base import Param, Primitive, const_values
+from .base import INF, Param, Primitive, capped_add, const_values
 
 
 def window_node(l: int, r: int) -> ir.Prim:
@@ -37,6 +37,9 @@ class Local(Primitive):
     def interval(self, a, n, i):
         (w,) = a
         return np.maximum(i - w, 0), np.minimum(i + w + 1, n)
+
+    def later(self, a, j):
+        return [(j, capped_add(j, a[0]), 1)]  # i - j <= w
 
     def tiles(self, a, g):
         return tiles.window_runs(a[0], a[0], g)
@@ -73,6 +76,9 @@ class Window(Primitive):
         l, r = a
         return np.maximum(i - l, 0), np.minimum(i + r + 1, n)
 
+    def later(self, a, j):
+        return [(j, capped_add(j, a[0]), 1)]  # i - j <= l
+
     def tiles(self, a, g):
         return tiles.window_runs(a[0], a[1], g)
 
@@ -97,6 +103,9 @@ class Causal(Primitive):
 
     def interval(self, a, n, i):
         return np.zeros(len(i), np.int64), i + 1
+
+    def later(self, a, j):
+        return [(j, np.full_like(j, INF), 1)]
 
     def tiles(self, a, g):
         return tiles.window_runs(g.n, 0, g)
@@ -131,6 +140,9 @@ class Sink(Primitive):
     def interval(self, a, n, i):
         return np.zeros(len(i), np.int64), np.full(len(i), a[0], np.int64)
 
+    def later(self, a, j):
+        return [(j, np.where(j < min(a[0], INF), INF, -1).astype(np.int64), 1)]
+
     def tiles(self, a, g):
         (k,) = a
         if k == 0:
@@ -162,6 +174,10 @@ class Block(Primitive):
         lo = (i // b) * b
         return lo, np.minimum(lo + b, n)
 
+    def later(self, a, j):
+        b = min(a[0], INF + 1)
+        return [(j, capped_add(j - j % b, b - 1), 1)]  # to the end of j's block
+
     def tiles(self, a, g):
         (b,) = a
         n = g.n
@@ -188,6 +204,9 @@ class Full(Primitive):
     def interval(self, a, n, i):
         return np.zeros(len(i), np.int64), np.full(len(i), n, np.int64)
 
+    def later(self, a, j):
+        return [(j, np.full_like(j, INF), 1)]
+
     def tiles(self, a, g):
         return tiles.grid_runs(g)
 
@@ -213,6 +232,9 @@ class NoPairs(Primitive):
     def interval(self, a, n, i):
         z = np.zeros(len(i), np.int64)
         return z, z
+
+    def later(self, a, j):
+        return []
 
     def tiles(self, a, g):
         return tiles.empty_runs()

@@ -1,0 +1,289 @@
+"""``spattn.KVCache``: a decoding cache that holds only the keys its pattern can still use.
+
+In: a causal pattern (text, :class:`~spattn.Pattern`, or a list with one per head), then
+``attend(q, k, v)`` calls with the next t positions (B, H, t, D). Out: the attention rows of
+those positions over every key seen so far, exactly as :func:`spattn.attention` over the whole
+sequence gives them (the pattern evaluated at n = length).
+
+How: each key's *last query* — the last position that can attend it at any later length — comes
+in closed form from the pattern (:mod:`spattn.evict`); a key is stored only while that position
+is still ahead. Keys and values live in fixed arenas of slots (B, H, slots, D); an evicted key's
+slot goes back to a first-in-first-out free list and the next key reuses it (for a window this
+is a ring buffer), and new arenas are added (the total doubling) only when no slot is free, so
+an append copies only the new keys and existing storage is never reallocated. Each step maps
+the rows' intervals from positions to the held keys (one ``searchsorted``) and runs
+:mod:`spattn.backends.cpu_decode` over the arenas plus the call's own keys: work is
+proportional to the keys the rows attend. Patterns whose rows change with n (``n`` in an
+argument, negative indices, ``random``) keep every key (``evicts`` is False).
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+
+from . import evict, guard
+from .api import check_scale as _check_scale
+from .api import resolve_patterns, validate
+from .errors import ShapeError, SpattnError
+
+_ROWS = 16  #: query rows per engine call (the engine's MAX_M)
+_ARENA_MIN = 128  #: slots of the first arena (one page)
+
+
+class NotCausalError(SpattnError):
+    """The pattern has a pair j > i: a cache cannot serve it."""
+
+
+def _not_causal(p, detail: str) -> NotCausalError:
+    return NotCausalError(f"KVCache needs a causal pattern, and `{p}` {detail}; decoding "
+                          f"cannot see future keys: use `({p}) & causal`")
+
+
+def _check_causal(p) -> None:
+    from .analysis.rows import structurally_causal
+
+    if structurally_causal(p.node):
+        return
+    n = 1024
+    bad = (p - "causal").nnz(n)
+    if bad:
+        raise _not_causal(p, f"has {bad:,} pairs with key j > query i at n = {n}")
+
+
+class KVCache:
+    """A pattern-driven KV cache for autoregressive decoding (SPEC section 5).
+
+    ``cache.attend(q, k, v)`` appends the next t positions' keys and values and returns their
+    attention rows (B, H, t, D); ``cache.append(k, v)`` only appends. ``length`` is the
+    number of positions seen, ``positions`` the ascending positions of the keys still held,
+    ``held`` their count, ``evicts`` whether keys are ever dropped, ``capacity`` the slots
+    allocated and ``nbytes`` their bytes (keys and values).
+    """
+
+    def __init__(self, pattern: Any):
+        from .pattern import Pattern, compile
+
+        if isinstance(pattern, (str, Pattern)):
+            self._spec: Any = compile(pattern)
+            distinct = [self._spec]
+        else:
+            self._spec = [compile(x) for x in pattern]
+            distinct = list(dict.fromkeys(self._spec))
+            if not distinct:
+                raise SpattnError("KVCache got an empty list of patterns")
+        for p in distinct:
+            _check_causal(p)
+        rules = [evict.eviction(p.node) for p in distinct]
+        self._rules = None if any(r is None for r in rules) else rules
+        self._patterns: tuple | None = None
+        self.length = 0
+        self._pos = np.zeros(0, np.int64)  # held positions, ascending
+        self._slot = np.zeros(0, np.int64)  # their global slots
+        self._last = np.zeros(0, np.int64)  # their last queries
+        self._free = np.zeros(0, np.int64)  # free global slots, first in first out
+        self._arenas: list[tuple[Any, Any]] = []
+        self._offsets: list[int] = []
+        self._meta: tuple | None = None
+
+    # -- public state
+
+    @property
+    def evicts(self) -> bool:
+        """Whether keys are dropped (False: the pattern's rows change with n, all are kept)."""
+        return self._rules is not None
+
+    @property
+    def held(self) -> int:
+        """How many keys are held."""
+        return len(self._pos)
+
+    @property
+    def positions(self) -> np.ndarray:
+        """The ascending positions of the keys still held."""
+        out = self._pos.copy()
+        out.flags.writeable = False
+        return out
+
+    @property
+    def capacity(self) -> int:
+        """Slots allocated (held keys plus free slots)."""
+        return sum(a[0].shape[2] for a in self._arenas)
+
+    @property
+    def nbytes(self) -> int:
+        """Bytes of key and value storage allocated."""
+        return sum(2 * a[0].numel() * a[0].element_size() for a in self._arenas)
+
+    def __repr__(self) -> str:
+        return (f"KVCache({self._spec!s}, length={self.length}, held={self.held}, "
+                f"evicts={self.evicts})")
+
+    # -- the step
+
+    def attend(self, q, k, v, *, scale: float | None = None):
+        """Append the next t positions (q, k, v of shape (B, H, t, D)) and return their
+        attention rows (B, H, t, D) over every key seen so far."""
+        import torch
+
+        self._check_inputs(q, k, v)
+        B, H, t, D = q.shape
+        scale = _check_scale(scale, D)
+        if self._patterns is None:
+            self._patterns = resolve_patterns(self._spec, H)
+        L, n = self.length, self.length + t
+        if L == 0 and t > _ROWS:  # a first prefill is plain attention over its own keys
+            from .api import attention
+
+            out = attention(q, k, v, list(self._patterns), scale=scale)
+        else:
+            out = self._attend(q, k, v, scale)
+        with torch.no_grad():
+            self._append(k, v, L, n)
+        self.length = n
+        return out
+
+    def append(self, k, v) -> None:
+        """Append the next t positions' keys and values (B, H, t, D) without computing any
+        output (when their queries were run elsewhere, or to restore a cache)."""
+        import torch
+
+        self._check_inputs(k, k, v)
+        if self._patterns is None:
+            self._patterns = resolve_patterns(self._spec, k.shape[1])
+        L, n = self.length, self.length + k.shape[2]
+        with torch.no_grad():
+            self._append(k, v, L, n)
+        self.length = n
+
+    def _check_inputs(self, q, k, v) -> None:
+        validate(q, k, v)
+        if q.shape[2] != k.shape[2]:
+            raise ShapeError(f"KVCache.attend takes the same t positions for q, k and v; got "
+                             f"q with {q.shape[2]} and k with {k.shape[2]}")
+        meta = (k.shape[0], k.shape[1], k.shape[3], k.dtype, k.device)
+        if self._meta is None:
+            self._meta = meta
+        elif meta != self._meta:
+            B, H, D, dt, dev = self._meta
+            raise ShapeError(f"this KVCache holds B={B}, H={H}, D={D}, {dt} on {dev}; got "
+                             f"B={meta[0]}, H={meta[1]}, D={meta[2]}, {meta[3]} on "
+                             f"{meta[4]}")
+
+    def _virtual(self, x: np.ndarray, L: int) -> np.ndarray:
+        """Positions (≤ L: held keys, ≥ L: this call's keys) as virtual key indices."""
+        held = np.searchsorted(self._pos, np.minimum(x, L))
+        return np.where(x <= L, held, len(self._pos) + x - L)
+
+    def _layout(self, t: int):
+        from spattn.backends import cpu_decode
+
+        s = self._slot
+        if len(s) == 0:
+            return cpu_decode.contiguous(t, len(self._arenas))
+        off = np.asarray(self._offsets, np.int64)
+        arena = np.searchsorted(off, s, "right") - 1
+        brk = np.flatnonzero((np.diff(s) != 1) | (np.diff(arena) != 0)) + 1
+        start = np.concatenate([[0], brk, [len(s)]])
+        src = np.append(arena[start[:-1]], len(self._arenas))
+        slot = np.append(s[start[:-1]] - off[arena[start[:-1]]], 0)
+        return cpu_decode.Layout(start, src, slot, len(s) + t)
+
+    def _attend(self, q, k, v, scale: float):
+        import torch
+
+        from spattn.backends import cpu_decode
+
+        B, H, t, D = q.shape
+        L, n = self.length, self.length + q.shape[2]
+        lay = self._layout(t)
+        # the arenas are rewritten by this call's append: a graph must keep its own copy
+        grad = torch.is_grad_enabled() and any(x.requires_grad for x in (q, k, v))
+        ks = [a[0].clone() if grad else a[0] for a in self._arenas] + [k]
+        vs = [a[1].clone() if grad else a[1] for a in self._arenas] + [v]
+        by: dict[Any, list[int]] = {}
+        for h, p in enumerate(self._patterns):
+            by.setdefault(p, []).append(h)
+        outs: dict[tuple[int, int], list] = {}
+        for p, heads in by.items():
+            runs = cpu_decode.head_runs(heads)
+            for r0 in range(L, n, _ROWS):
+                r1 = min(n, r0 + _ROWS)
+                row, lo, hi = cpu_decode.rows(p.node, n, r0, r1)
+                if len(lo) and (hi > row + 1).any():
+                    bad = int(np.flatnonzero(hi > row + 1)[0])
+                    raise _not_causal(p, f"lets query {int(row[bad])} attend key "
+                                      f"{int(hi[bad]) - 1} at n = {n}")
+                vlo, vhi = self._virtual(lo, L), self._virtual(hi, L)
+                if not np.array_equal(vhi - vlo, hi - lo):  # pragma: no cover - a bug
+                    raise AssertionError(f"KVCache: an attended key of `{p}` was evicted")
+                plan = cpu_decode.pieces(row, vlo, vhi, r0, r1 - r0, lay, torch.float32)
+                for h0, h1 in runs:
+                    o = cpu_decode.attention(q[:, h0:h1, r0 - L:r1 - L],
+                                             [x[:, h0:h1] for x in ks],
+                                             [x[:, h0:h1] for x in vs], plan, scale)
+                    outs.setdefault((h0, h1), []).append(o)
+        parts = [torch.cat(outs[key], 2) if len(outs[key]) > 1 else outs[key][0]
+                 for key in sorted(outs)]
+        return parts[0] if len(parts) == 1 else torch.cat(parts, 1)
+
+    # -- storage
+
+    def _last_of(self, j: np.ndarray) -> np.ndarray:
+        if self._rules is None:
+            return np.full(len(j), evict.INF, np.int64)
+        out = self._rules[0].last(j)
+        for r in self._rules[1:]:
+            out = np.maximum(out, r.last(j))
+        return out
+
+    def _append(self, k, v, L: int, n: int) -> None:
+        j = np.arange(L, n, dtype=np.int64)
+        last = self._last_of(j)
+        keep = last >= n
+        if len(self._pos):  # evict what no query from n on can attend
+            alive = self._last >= n
+            if not alive.all():
+                self._free = np.concatenate([self._free, self._slot[~alive]])
+                self._pos, self._slot = self._pos[alive], self._slot[alive]
+                self._last = self._last[alive]
+        new = int(keep.sum())
+        if new == 0:
+            return
+        if new > len(self._free):
+            self._grow(new - len(self._free), k)
+        slots, self._free = self._free[:new], self._free[new:]
+        sel = np.flatnonzero(keep)
+        self._write(slots, sel, k, v)
+        self._pos = np.concatenate([self._pos, j[sel]])
+        self._slot = np.concatenate([self._slot, slots])
+        self._last = np.concatenate([self._last, last[sel]])
+
+    def _grow(self, need: int, k) -> None:
+        import torch
+
+        cap = max(need, self.capacity, _ARENA_MIN)
+        cap = -(-cap // _ARENA_MIN) * _ARENA_MIN
+        B, H, _, D = k.shape
+        guard.check(2 * B * H * cap * D * k.element_size() + self.nbytes,
+                    f"KVCache storage of {self.capacity + cap:,} slots (B={B}, H={H}, D={D}, "
+                    f"{k.dtype})", "use a pattern that evicts, or shorter sequences")
+        base = self.capacity
+        self._arenas.append((torch.empty(B, H, cap, D, dtype=k.dtype, device=k.device),
+                             torch.empty(B, H, cap, D, dtype=k.dtype, device=k.device)))
+        self._offsets.append(base)
+        self._free = np.concatenate([self._free, np.arange(base, base + cap, dtype=np.int64)])
+
+    def _write(self, slots: np.ndarray, sel: np.ndarray, k, v) -> None:
+        import torch
+
+        off = np.asarray(self._offsets, np.int64)
+        arena = np.searchsorted(off, slots, "right") - 1
+        for a in np.unique(arena).tolist():
+            m = arena == a
+            dst = torch.from_numpy(slots[m] - off[a]).to(k.device)
+            src = torch.from_numpy(sel[m]).to(k.device)
+            K, V = self._arenas[a]
+            K.index_copy_(2, dst, k.detach().index_select(2, src))
+            V.index_copy_(2, dst, v.detach().index_select(2, src))
