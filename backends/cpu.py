@@ -434,7 +434,7 @@ def few_queries(q, k, v, patterns, scale: float):
     outs: dict[int, torch.Tensor] = {}
     for p, heads in by.items():
         row, lo, hi = cpu_decode.rows(p.node, n, n - m, n)
-        plan = cpu_decode.pieces(row, lo, hi, n - m, m, lay, torch.float32)
+        plan = cpu_decode.pieces(row, lo, hi, n - m, m, lay, cpu_decode.gather_limit(k))
         for h0, h1 in cpu_decode.head_runs(heads):
             outs[h0] = cpu_decode.attention(q[:, h0:h1], [k[:, h0:h1]], [v[:, h0:h1]], plan,
                                             float(scale))

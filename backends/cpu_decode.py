@@ -22,6 +22,7 @@ torch ops.
 from __future__ import annotations
 
 import contextlib
+import os
 from typing import NamedTuple
 
 import numpy as np
@@ -31,6 +32,7 @@ from spattn import guard
 
 MAX_M = 16  #: most query rows per call (more are processed in chunks of this many)
 LONG = 32  #: segments of at least this many keys are read in place, shorter ones gathered
+GATHER_BYTES = 1 << 18  #: rows attending at most this many bytes of keys gather them all
 SERIAL_WORK = 1 << 23  #: multiply-adds below which a call runs on the calling thread only
 
 _FLASH = torch.ops.aten._scaled_dot_product_flash_attention_for_cpu
@@ -82,32 +84,38 @@ def _split(row, lo, hi, lay: Layout):
             run)
 
 
-def pieces(row, lo, hi, r0: int, m: int, lay: Layout, dtype: torch.dtype) -> list[Piece]:
+def pieces(row, lo, hi, r0: int, m: int, lay: Layout, gather_all: int = 0) -> list[Piece]:
     """The pieces of rows ``r0:r0+m`` whose normal-form intervals (row, lo, hi) are given in
-    virtual key space (see the module docstring)."""
+    virtual key space (see the module docstring). When the rows attend at most
+    ``gather_all`` keys in all, they are gathered into one piece (one kernel call)."""
     keep = hi > lo
     row, lo, hi = row[keep], lo[keep], hi[keep]
     if len(lo) == 0:
         return []
     row, lo, hi, run = _split(row - r0, lo, hi, lay)
-    pts = np.unique(np.concatenate([lo, hi]))
-    cov = np.zeros((m, len(pts)), np.int32)
-    np.add.at(cov, (row, np.searchsorted(pts, lo)), 1)
-    np.add.at(cov, (row, np.searchsorted(pts, hi)), -1)
-    bits = np.cumsum(cov, axis=1)[:, :-1] > 0  # segment e = [pts[e], pts[e + 1])
-    used = bits.any(0)
-    s_lo, s_hi, bits = pts[:-1][used], pts[1:][used], bits[:, used]
+    if m == 1:  # one row: its intervals are the segments
+        s_lo, s_hi, bits = lo, hi, np.ones((1, len(lo)), bool)
+    else:
+        pts = np.unique(np.concatenate([lo, hi]))
+        cov = np.zeros((m, len(pts)), np.int32)
+        np.add.at(cov, (row, np.searchsorted(pts, lo)), 1)
+        np.add.at(cov, (row, np.searchsorted(pts, hi)), -1)
+        bits = np.cumsum(cov, axis=1)[:, :-1] > 0  # segment e = [pts[e], pts[e + 1])
+        used = bits.any(0)
+        s_lo, s_hi, bits = pts[:-1][used], pts[1:][used], bits[:, used]
     s_run = np.searchsorted(lay.start, s_lo, "right") - 1
     s_slot = lay.slot[s_run] + (s_lo - lay.start[s_run])
     s_src = lay.src[s_run]
     out: list[Piece] = []
     inf = float("-inf")
     long_ = (s_hi - s_lo) >= LONG
+    if int((s_hi - s_lo).sum()) <= gather_all:
+        long_[:] = False
     for e in np.flatnonzero(long_).tolist():
         rows = bits[:, e]
         mask = None
         if not rows.all():
-            col = torch.zeros(m, 1, dtype=dtype)
+            col = torch.zeros(m, 1)
             col[torch.from_numpy(~rows)] = inf
             mask = col.expand(m, int(s_hi[e] - s_lo[e]))
         lo_e = int(s_slot[e])
@@ -126,10 +134,16 @@ def pieces(row, lo, hi, r0: int, m: int, lay: Layout, dtype: torch.dtype) -> lis
         cols = bits[:, seg]
         mask = None
         if not cols.all():
-            mask = torch.zeros(m, len(seg), dtype=dtype)
+            mask = torch.zeros(m, len(seg))
             mask[torch.from_numpy(~cols)] = inf
         out.append(Piece(-1, 0, len(seg), idx, mask, cols.any(1)))
     return out
+
+
+def gather_limit(k: torch.Tensor) -> int:
+    """How many keys of (B, h, S, D) ``k`` fit :data:`GATHER_BYTES` (keys and values)."""
+    B, h, _, D = k.shape
+    return GATHER_BYTES // max(1, 2 * B * h * D * k.element_size())
 
 
 def rows(node, n: int, r0: int, r1: int):
@@ -173,9 +187,10 @@ def serial(work: int):
     the intra-op pool costs microseconds on an idle machine but a scheduler time slice
     (about 10 ms, measured: 12 ms for a 36-key decode step that takes 11 us on one thread)
     when other processes keep the cores busy; a decode step is far too small to gain from a
-    second thread."""
+    second thread. ``torch.set_num_threads`` is process-wide: set ``SPATTN_SERIAL=0`` to keep
+    the thread count untouched (for programs that run torch from several Python threads)."""
     threads = torch.get_num_threads()
-    if work >= SERIAL_WORK or threads == 1:
+    if work >= SERIAL_WORK or threads == 1 or os.environ.get("SPATTN_SERIAL", "1") == "0":
         yield
         return
     torch.set_num_threads(1)

@@ -10,7 +10,8 @@ in closed form from the pattern (:mod:`spattn.evict`); a key is stored only whil
 is still ahead. Keys and values live in fixed arenas of slots (B, H, slots, D); an evicted key's
 slot goes back to a first-in-first-out free list and the next key reuses it (for a window this
 is a ring buffer), and new arenas are added (the total doubling) only when no slot is free, so
-an append copies only the new keys and existing storage is never reallocated. Each step maps
+an append copies only the new keys and existing storage is never reallocated. New keys go to
+the newest arena first, so older ones drain and are released once empty. Each step maps
 the rows' intervals from positions to the held keys (one ``searchsorted``) and runs
 :mod:`spattn.backends.cpu_decode` over the arenas plus the call's own keys: work is
 proportional to the keys the rows attend. Patterns whose rows change with n (``n`` in an
@@ -30,6 +31,7 @@ from .errors import ShapeError, SpattnError
 
 _ROWS = 16  #: query rows per engine call (the engine's MAX_M)
 _ARENA_MIN = 128  #: slots of the first arena (one page)
+_AHEAD = 4096  #: positions whose last queries are computed at once
 
 
 class NotCausalError(SpattnError):
@@ -86,6 +88,7 @@ class KVCache:
         self._arenas: list[tuple[Any, Any]] = []
         self._offsets: list[int] = []
         self._meta: tuple | None = None
+        self._ahead: tuple[int, np.ndarray] = (0, np.zeros(0, np.int64))
 
     # -- public state
 
@@ -206,6 +209,7 @@ class KVCache:
         for h, p in enumerate(self._patterns):
             by.setdefault(p, []).append(h)
         outs: dict[tuple[int, int], list] = {}
+        gather = cpu_decode.gather_limit(k)
         for p, heads in by.items():
             runs = cpu_decode.head_runs(heads)
             for r0 in range(L, n, _ROWS):
@@ -218,7 +222,7 @@ class KVCache:
                 vlo, vhi = self._virtual(lo, L), self._virtual(hi, L)
                 if not np.array_equal(vhi - vlo, hi - lo):  # pragma: no cover - a bug
                     raise AssertionError(f"KVCache: an attended key of `{p}` was evicted")
-                plan = cpu_decode.pieces(row, vlo, vhi, r0, r1 - r0, lay, torch.float32)
+                plan = cpu_decode.pieces(row, vlo, vhi, r0, r1 - r0, lay, gather)
                 for h0, h1 in runs:
                     o = cpu_decode.attention(q[:, h0:h1, r0 - L:r1 - L],
                                              [x[:, h0:h1] for x in ks],
@@ -230,17 +234,24 @@ class KVCache:
 
     # -- storage
 
-    def _last_of(self, j: np.ndarray) -> np.ndarray:
+    def _last_of(self, L: int, n: int) -> np.ndarray:
+        """The last queries of keys L..n-1 (computed ahead in blocks: one-token steps would
+        otherwise pay the closed form's fixed cost every step)."""
         if self._rules is None:
-            return np.full(len(j), evict.INF, np.int64)
-        out = self._rules[0].last(j)
-        for r in self._rules[1:]:
-            out = np.maximum(out, r.last(j))
-        return out
+            return np.full(n - L, evict.INF, np.int64)
+        a, buf = self._ahead
+        if not (a <= L and n <= a + len(buf)):
+            j = np.arange(L, max(n, L + _AHEAD), dtype=np.int64)
+            buf = self._rules[0].last(j)
+            for r in self._rules[1:]:
+                buf = np.maximum(buf, r.last(j))
+            self._ahead = (L, buf)
+            a = L
+        return buf[L - a:n - a]
 
     def _append(self, k, v, L: int, n: int) -> None:
         j = np.arange(L, n, dtype=np.int64)
-        last = self._last_of(j)
+        last = self._last_of(L, n)
         keep = last >= n
         if len(self._pos):  # evict what no query from n on can attend
             alive = self._last >= n
@@ -248,17 +259,47 @@ class KVCache:
                 self._free = np.concatenate([self._free, self._slot[~alive]])
                 self._pos, self._slot = self._pos[alive], self._slot[alive]
                 self._last = self._last[alive]
+                self._release()
         new = int(keep.sum())
         if new == 0:
             return
         if new > len(self._free):
             self._grow(new - len(self._free), k)
-        slots, self._free = self._free[:new], self._free[new:]
+        slots = self._take(new)
         sel = np.flatnonzero(keep)
         self._write(slots, sel, k, v)
         self._pos = np.concatenate([self._pos, j[sel]])
         self._slot = np.concatenate([self._slot, slots])
         self._last = np.concatenate([self._last, last[sel]])
+
+    def _arena_of(self, slots: np.ndarray) -> np.ndarray:
+        return np.searchsorted(np.asarray(self._offsets, np.int64), slots, "right") - 1
+
+    def _take(self, count: int) -> np.ndarray:
+        """``count`` free slots, newest arena first (first in first out within one), so that
+        older, smaller arenas drain and can be released."""
+        if len(self._arenas) == 1:
+            slots, self._free = self._free[:count], self._free[count:]
+            return slots
+        order = np.argsort(-self._arena_of(self._free), kind="stable")[:count]
+        slots = self._free[order]
+        rest = np.ones(len(self._free), bool)
+        rest[order] = False
+        self._free = self._free[rest]
+        return slots
+
+    def _release(self) -> None:
+        """Drop arenas (all but the newest) that hold no key any more."""
+        if len(self._arenas) < 2:
+            return
+        used = np.bincount(self._arena_of(self._slot), minlength=len(self._arenas))
+        empty = [a for a in range(len(self._arenas) - 1) if used[a] == 0]
+        if not empty:
+            return
+        gone = np.isin(self._arena_of(self._free), empty)
+        self._free = self._free[~gone]
+        for a in reversed(empty):
+            del self._arenas[a], self._offsets[a]
 
     def _grow(self, need: int, k) -> None:
         import torch
@@ -269,7 +310,7 @@ class KVCache:
         guard.check(2 * B * H * cap * D * k.element_size() + self.nbytes,
                     f"KVCache storage of {self.capacity + cap:,} slots (B={B}, H={H}, D={D}, "
                     f"{k.dtype})", "use a pattern that evicts, or shorter sequences")
-        base = self.capacity
+        base = self._offsets[-1] + self._arenas[-1][0].shape[2] if self._arenas else 0
         self._arenas.append((torch.empty(B, H, cap, D, dtype=k.dtype, device=k.device),
                              torch.empty(B, H, cap, D, dtype=k.dtype, device=k.device)))
         self._offsets.append(base)

@@ -95,7 +95,7 @@ def _attended(p, n, m):
 def test_reads_only_attended_keys(p, m):
     n = 100_003
     row, lo, hi = cpu_decode.rows(spattn.compile(p).node, n, n - m, n)
-    plan = cpu_decode.pieces(row, lo, hi, n - m, m, cpu_decode.contiguous(n), torch.float32)
+    plan = cpu_decode.pieces(row, lo, hi, n - m, m, cpu_decode.contiguous(n))
     assert sum(len(range(x.lo, x.hi)) for x in plan) == _attended(p, n, m)
     if p == "causal":  # dense rows are read in place: nothing gathered but the last few
         assert cpu_decode.gathered(plan) <= m

@@ -50,7 +50,20 @@ def test_seed_patterns_fast(tmp_path):
     assert b_line.split()[-2:] == ["yes", "yes"]
 
 
-@pytest.mark.parametrize("name", ["quickstart.py", "long_document.py", "seed_patterns.py"])
+def test_chat_stream_fast_memory_is_flat(tmp_path):
+    out = run([str(EXAMPLES / "chat_stream.py"), "--fast"], tmp_path)
+    lines = [ln for ln in out.splitlines() if ln.strip().startswith("spattn ") and "resident" in ln]
+    caches = {ln.split("caches")[1].split("MiB")[0].strip() for ln in lines}
+    held = {ln.split("per layer")[1].split(",")[0].strip() for ln in lines}
+    assert len(lines) == 10 and len(caches) == 1 and held == {"132"}
+    plain = [ln for ln in out.splitlines() if ln.strip().startswith("plain ") and "resident" in ln]
+    sizes = [float(ln.split("caches")[1].split("MiB")[0]) for ln in plain]
+    assert sizes[-1] > sizes[0]  # the plain cache grows
+    assert "same 1,500 tokens from both loops: yes" in out
+
+
+@pytest.mark.parametrize("name", ["quickstart.py", "long_document.py", "seed_patterns.py",
+                                  "chat_stream.py"])
 def test_examples_have_docstrings(name):
     text = (EXAMPLES / name).read_text()
     assert text.startswith('"""')

@@ -148,3 +148,18 @@ def test_long_prefill_then_decode_matches():
     cache, out, ref, _ = run(p, [700, 1, 1, 1, 33, 1], B=1, H=2, D=8)
     assert torch.allclose(out.double(), ref, atol=2e-6)
     assert cache.held == 4 + 64
+
+
+def test_encoder_decoding_with_caches_equals_the_full_forward():
+    torch.manual_seed(0)
+    enc = spattn.nn.SparseEncoder(32, 4, ["streaming(2, 6)", "window(5, 0) & causal"]).eval()
+    x = torch.randn(2, 40, 32)
+    with torch.no_grad():
+        full = enc(x)
+        caches = enc.new_caches()
+        parts = [enc(x[:, :13], caches=caches)]
+        parts += [enc(x[:, i:i + 1], caches=caches) for i in range(13, 40)]
+    assert torch.allclose(torch.cat(parts, 1), full, atol=1e-5)
+    assert [c.held for c in caches] == [2 + 6, 5]
+    with pytest.raises(spattn.SpattnError, match="caches"):
+        enc(x, caches=caches[:1])
