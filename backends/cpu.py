@@ -428,14 +428,11 @@ def few_queries(q, k, v, patterns, scale: float):
     B, H, m, D = q.shape
     n = k.shape[2]
     lay = cpu_decode.contiguous(n)
-    by: dict[Any, list[int]] = {}
-    for h, p in enumerate(patterns):
-        by.setdefault(p, []).append(h)
     outs: dict[int, torch.Tensor] = {}
-    for p, heads in by.items():
+    for p, runs in cpu_decode.head_groups(patterns):
         row, lo, hi = cpu_decode.rows(p.node, n, n - m, n)
         plan = cpu_decode.pieces(row, lo, hi, n - m, m, lay, cpu_decode.gather_limit(k))
-        for h0, h1 in cpu_decode.head_runs(heads):
+        for h0, h1 in runs:
             outs[h0] = cpu_decode.attention(q[:, h0:h1], [k[:, h0:h1]], [v[:, h0:h1]], plan,
                                             float(scale))
     parts = [outs[h] for h in sorted(outs)]

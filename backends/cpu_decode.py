@@ -84,6 +84,22 @@ def _split(row, lo, hi, lay: Layout):
             run)
 
 
+def _merge_slots(src, slot, length, bits):
+    """Segments that are adjacent in their source's slots and attended by the same rows,
+    merged into one (fewer kernel calls: a sink next to a ring buffer's start, say)."""
+    if len(src) < 2:
+        return src, slot, length, bits
+    order = np.lexsort((slot, src))
+    src, slot, length, bits = src[order], slot[order], length[order], bits[:, order]
+    joins = (src[1:] == src[:-1]) & (slot[1:] == slot[:-1] + length[:-1]) \
+        & (bits[:, 1:] == bits[:, :-1]).all(0)
+    if not joins.any():
+        return src, slot, length, bits
+    first = np.flatnonzero(np.concatenate([[True], ~joins]))
+    total = np.add.reduceat(length, first)
+    return src[first], slot[first], total, bits[:, first]
+
+
 def pieces(row, lo, hi, r0: int, m: int, lay: Layout, gather_all: int = 0) -> list[Piece]:
     """The pieces of rows ``r0:r0+m`` whose normal-form intervals (row, lo, hi) are given in
     virtual key space (see the module docstring). When the rows attend at most
@@ -108,9 +124,14 @@ def pieces(row, lo, hi, r0: int, m: int, lay: Layout, gather_all: int = 0) -> li
     s_src = lay.src[s_run]
     out: list[Piece] = []
     inf = float("-inf")
-    long_ = (s_hi - s_lo) >= LONG
-    if int((s_hi - s_lo).sum()) <= gather_all:
+    s_src, s_slot, s_len, bits = _merge_slots(s_src, s_slot, s_hi - s_lo, bits)
+    s_lo = np.zeros(len(s_len), np.int64)  # from here on segments are (src, slot, length)
+    s_hi = s_len
+    long_ = s_len >= LONG
+    if int(s_len.sum()) <= gather_all:
         long_[:] = False
+    if (~long_).sum() == 1:  # a lone short segment is read in place too: nothing to gather
+        long_[:] = True
     for e in np.flatnonzero(long_).tolist():
         rows = bits[:, e]
         mask = None
@@ -154,6 +175,18 @@ def rows(node, n: int, r0: int, r1: int):
     if len(parts) == 1:
         return parts[0]
     return tuple(np.concatenate([p[i] for p in parts]) for i in range(3))
+
+
+def head_groups(patterns) -> list[tuple]:
+    """``(pattern, head runs)`` for each distinct pattern of a per-head tuple (one group for
+    the common case of one pattern shared by every head)."""
+    first = patterns[0]
+    if all(p is first for p in patterns):
+        return [(first, [(0, len(patterns))])]
+    by: dict = {}
+    for h, p in enumerate(patterns):
+        by.setdefault(p, []).append(h)
+    return [(p, head_runs(hs)) for p, hs in by.items()]
 
 
 def head_runs(heads: list[int]) -> list[tuple[int, int]]:
@@ -210,8 +243,9 @@ def _dtype_of(x: torch.Tensor) -> torch.dtype:
     return torch.float64 if x.dtype == torch.float64 else torch.float32
 
 
-def forward(q, ks, vs, plan: list[Piece], scale: float):
-    """``(out, lse)`` in the compute dtype, for q (B, h, m, D) and sources ``ks``, ``vs``."""
+def forward(q, ks, vs, plan: list[Piece], scale: float, need_lse: bool = True):
+    """``(out, lse)`` in the compute dtype, for q (B, h, m, D) and sources ``ks``, ``vs``
+    (lse None when not ``need_lse``)."""
     B, h, m, D = q.shape
     ct = _dtype_of(q)
     if not plan:
@@ -228,12 +262,10 @@ def forward(q, ks, vs, plan: list[Piece], scale: float):
         parts.append((o.to(ct), lse))
     if len(parts) == 1:
         return parts[0]
-    L = torch.logsumexp(torch.stack([x[1] for x in parts]), 0)
-    Ls = torch.where(torch.isneginf(L), torch.zeros_like(L), L)
-    res = torch.zeros_like(parts[0][0])
-    for o, lse in parts:
-        res.addcmul_(o, torch.exp(lse - Ls).unsqueeze(-1))
-    return res, L
+    lses = torch.stack([x[1] for x in parts], -1)
+    w = torch.softmax(lses, -1).nan_to_num_(0.0)  # rows empty everywhere: all -inf
+    res = (w.unsqueeze(-2) @ torch.stack([x[0] for x in parts], -2)).squeeze(-2)
+    return res, (torch.logsumexp(lses, -1) if need_lse else None)
 
 
 def backward(q, ks, vs, out, lse, dout, plan: list[Piece], scale: float, want_k):
@@ -331,4 +363,7 @@ def attention(q, ks, vs, plan: list[Piece], scale: float) -> torch.Tensor:
                 f"gathering {gathered(plan):,} keys for {m} queries", "use fewer queries")
     if q.device.type != "cpu":
         return differentiable(q, ks, vs, plan, scale).to(q.dtype)
+    if not (torch.is_grad_enabled() and any(x.requires_grad for x in (q, *ks, *vs))):
+        with serial(work(q, plan)):  # inference: no autograd node
+            return forward(q, ks, vs, plan, float(scale), False)[0].to(q.dtype)
     return _Decode.apply(q, plan, float(scale), len(ks), *ks, *vs)

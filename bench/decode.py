@@ -10,8 +10,9 @@ strided(128) and causal, it times in one process:
 * a decode step of a ``spattn.KVCache`` that has seen n - 1 positions (filled with
   ``cache.append``), appending the n-th: per-step latency, keys held and bytes allocated.
 
-Each time is the median of ``--repeats`` calls (the cache: of as many consecutive steps),
-dense and spattn interleaved so that bursts of load from other processes hit both. Prints a
+Each time is the median of three blocks of ``--repeats`` consecutive calls, dense and
+spattn blocks alternating so that bursts of load from other processes hit both (the cache:
+the median of as many consecutive steps). Prints a
 header (machine, versions, load average), a table with ratios, and one line per target;
 exits 1 when a target is missed.
 
@@ -47,6 +48,7 @@ def _sdpa(q, k, v):
 
 
 def _time(fn, reps: int) -> float:
+    """The median of ``reps`` consecutive calls."""
     ts = []
     for _ in range(reps):
         t = time.perf_counter()
@@ -71,9 +73,9 @@ def run(n: int, reps: int, B=1, H=8, D=64):
         ref = spattn.attention(q, k, v, p)  # warm: compile the pattern once
         err = (ref.double() - spattn.attention(q, k, v, p, backend="cpu").double()).abs().max()
         dense, sp = [], []
-        for _ in range(reps):  # interleaved
-            dense.append(_time(lambda: _sdpa(q, k, v), 1))
-            sp.append(_time(lambda p=p: spattn.attention(q, k, v, p), 1))
+        for _ in range(3):  # alternating blocks of calls
+            dense.append(_time(lambda: _sdpa(q, k, v), reps))
+            sp.append(_time(lambda p=p: spattn.attention(q, k, v, p), reps))
         td, ts = statistics.median(dense), statistics.median(sp)
         cache = spattn.KVCache(p)
         cache.append(k[:, :, :n - reps - 1], v[:, :, :n - reps - 1])

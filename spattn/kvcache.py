@@ -32,6 +32,8 @@ from .errors import ShapeError, SpattnError
 _ROWS = 16  #: query rows per engine call (the engine's MAX_M)
 _ARENA_MIN = 128  #: slots of the first arena (one page)
 _AHEAD = 4096  #: positions whose last queries are computed at once
+_FIXED_EST = 64  #: patterns with at most this many intervals per row are bound only once
+_AHEAD_ROWS = 64  #: rows of such patterns lowered at once
 
 
 class NotCausalError(SpattnError):
@@ -52,6 +54,18 @@ def _check_causal(p) -> None:
     bad = (p - "causal").nnz(n)
     if bad:
         raise _not_causal(p, f"has {bad:,} pairs with key j > query i at n = {n}")
+
+
+def _fixed_rows(p):
+    """The pattern bound once for every length (its rows do not depend on n) when its rows
+    have few intervals; None otherwise (rows are then lowered at each step's n)."""
+    from .bind import bind
+    from .checks import MAX_N
+
+    if not evict.length_independent(p.node):
+        return None
+    b = bind(p.node, MAX_N)
+    return b if b.est <= _FIXED_EST else None
 
 
 class KVCache:
@@ -79,6 +93,9 @@ class KVCache:
             _check_causal(p)
         rules = [evict.eviction(p.node) for p in distinct]
         self._rules = None if any(r is None for r in rules) else rules
+        self._bound = {p: b for p in distinct if (b := _fixed_rows(p)) is not None}
+        self._ahead_rows: dict = {}
+        self._groups: list | None = None
         self._patterns: tuple | None = None
         self.length = 0
         self._pos = np.zeros(0, np.int64)  # held positions, ascending
@@ -205,16 +222,17 @@ class KVCache:
         grad = torch.is_grad_enabled() and any(x.requires_grad for x in (q, k, v))
         ks = [a[0].clone() if grad else a[0] for a in self._arenas] + [k]
         vs = [a[1].clone() if grad else a[1] for a in self._arenas] + [v]
-        by: dict[Any, list[int]] = {}
-        for h, p in enumerate(self._patterns):
-            by.setdefault(p, []).append(h)
         outs: dict[tuple[int, int], list] = {}
         gather = cpu_decode.gather_limit(k)
-        for p, heads in by.items():
-            runs = cpu_decode.head_runs(heads)
+        if self._groups is None:
+            self._groups = cpu_decode.head_groups(self._patterns)
+        for p, runs in self._groups:
             for r0 in range(L, n, _ROWS):
                 r1 = min(n, r0 + _ROWS)
-                row, lo, hi = cpu_decode.rows(p.node, n, r0, r1)
+                if p in self._bound:  # rows of a length-independent pattern: any n
+                    row, lo, hi = self._rows_ahead(p, r0, r1)
+                else:
+                    row, lo, hi = cpu_decode.rows(p.node, n, r0, r1)
                 if len(lo) and (hi > row + 1).any():
                     bad = int(np.flatnonzero(hi > row + 1)[0])
                     raise _not_causal(p, f"lets query {int(row[bad])} attend key "
@@ -231,6 +249,21 @@ class KVCache:
         parts = [torch.cat(outs[key], 2) if len(outs[key]) > 1 else outs[key][0]
                  for key in sorted(outs)]
         return parts[0] if len(parts) == 1 else torch.cat(parts, 1)
+
+    def _rows_ahead(self, p, r0: int, r1: int):
+        """Rows r0:r1 of a length-independent pattern, lowered :data:`_AHEAD_ROWS` rows at a
+        time (its rows do not depend on n, so later steps reuse them)."""
+        from .checks import MAX_N
+        from .lower import eval_rows
+
+        got = self._ahead_rows.get(p)
+        if got is None or not (got[0] <= r0 and r1 <= got[1]):
+            stop = min(MAX_N, max(r1, r0 + _AHEAD_ROWS))
+            got = (r0, stop, *eval_rows(self._bound[p], MAX_N, r0, stop))
+            self._ahead_rows[p] = got
+        row = got[2]
+        a, b = np.searchsorted(row, [r0, r1])
+        return row[a:b], got[3][a:b], got[4][a:b]
 
     # -- storage
 
@@ -320,6 +353,13 @@ class KVCache:
         import torch
 
         off = np.asarray(self._offsets, np.int64)
+        if len(slots) == 1:  # one key (a decode step): plain slice copies
+            a = int(np.searchsorted(off, slots[0], "right") - 1)
+            d, j = int(slots[0] - off[a]), int(sel[0])
+            K, V = self._arenas[a]
+            K[:, :, d:d + 1].copy_(k[:, :, j:j + 1])
+            V[:, :, d:d + 1].copy_(v[:, :, j:j + 1])
+            return
         arena = np.searchsorted(off, slots, "right") - 1
         for a in np.unique(arena).tolist():
             m = arena == a
