@@ -430,7 +430,7 @@ def few_queries(q, k, v, patterns, scale: float):
     lay = cpu_decode.contiguous(n)
     outs: dict[int, torch.Tensor] = {}
     for p, runs in cpu_decode.head_groups(patterns):
-        row, lo, hi = cpu_decode.rows(p.node, n, n - m, n)
+        row, lo, hi = cpu_decode.pattern_rows(p, n, n - m, n)
         plan = cpu_decode.pieces(row, lo, hi, n - m, m, lay, cpu_decode.gather_limit(k))
         for h0, h1 in runs:
             outs[h0] = cpu_decode.attention(q[:, h0:h1], [k[:, h0:h1]], [v[:, h0:h1]], plan,

@@ -29,6 +29,7 @@ import numpy as np
 import torch
 
 from spattn import guard
+from spattn.cache import LRUCache
 
 MAX_M = 16  #: most query rows per call (more are processed in chunks of this many)
 LONG = 32  #: segments of at least this many keys are read in place, shorter ones gathered
@@ -175,6 +176,50 @@ def rows(node, n: int, r0: int, r1: int):
     if len(parts) == 1:
         return parts[0]
     return tuple(np.concatenate([p[i] for p in parts]) for i in range(3))
+
+
+#: length-independent patterns bound once (False: rows depend on n or are too many)
+_FIXED: LRUCache = LRUCache("decode fixed patterns", 256)
+#: rows lowered ahead, by (pattern, block of AHEAD_ROWS rows): (row, lo, hi)
+_AHEAD: LRUCache = LRUCache("decode rows ahead", 256, 64 << 20,
+                            sizeof=lambda g: sum(x.nbytes for x in g))
+AHEAD_ROWS = 64  #: rows of a length-independent pattern lowered at once
+FIXED_EST = 64  #: ... when a row has at most this many intervals
+
+
+def _fixed(pattern):
+    from spattn.bind import bind
+    from spattn.checks import MAX_N
+    from spattn.evict import length_independent
+
+    if not length_independent(pattern.node):
+        return False
+    b = bind(pattern.node, MAX_N)
+    return b if b.est <= FIXED_EST else False
+
+
+def pattern_rows(pattern, n: int, r0: int, r1: int):
+    """:func:`rows` of a :class:`spattn.Pattern`. A length-independent pattern's rows are
+    the same at every n (clipped to keys < n), so they are lowered :data:`AHEAD_ROWS` rows at
+    a time and later calls (the next decode steps) slice them."""
+    fixed = _FIXED.get_or_create(pattern, lambda: _fixed(pattern))
+    if fixed is False:
+        return rows(pattern.node, n, r0, r1)
+    from spattn.checks import MAX_N
+    from spattn.lower import eval_rows
+
+    def block(b: int):
+        return _AHEAD.get_or_create((pattern, b), lambda: eval_rows(
+            fixed, MAX_N, b * AHEAD_ROWS, min(MAX_N, (b + 1) * AHEAD_ROWS)))
+
+    got = [block(b) for b in range(r0 // AHEAD_ROWS, (r1 - 1) // AHEAD_ROWS + 1)]
+    if len(got) > 1:
+        got = [tuple(np.concatenate([g[i] for g in got]) for i in range(3))]
+    row = got[0][0]
+    a, b = np.searchsorted(row, [r0, r1])
+    row, lo, hi = row[a:b], got[0][1][a:b], np.minimum(got[0][2][a:b], n)  # keys < n only
+    keep = lo < hi
+    return (row, lo, hi) if keep.all() else (row[keep], lo[keep], hi[keep])
 
 
 def head_groups(patterns) -> list[tuple]:

@@ -127,10 +127,14 @@ def main(argv=None) -> int:
     plain = [PlainCache(pattern) for _ in model.body.layers]
     n_plain = min(args.plain_tokens, args.tokens)
     plain_ids = generate(model, plain, prompt, n_plain, "plain", max(1, n_plain // 5))
-    per_token = 2 * 2 * model.body.layers[0].attn.embed_dim * 4  # K and V, fp32, per layer
-    total = per_token * len(plain) * (args.tokens + prompt.shape[1])
-    print(f"plain cache at {args.tokens:,} tokens would hold {total / 2**20:,.1f} MiB; the "
-          f"spattn caches hold {sum(c.nbytes for c in caches) / 2**20:,.2f} MiB "
+    per_token = 2 * model.body.layers[0].attn.embed_dim * 4  # K and V, fp32, per layer
+    need = per_token * len(plain) * (args.tokens + prompt.shape[1])
+    if n_plain == args.tokens:
+        what = f"holds {sum(c.nbytes for c in plain) / 2**20:,.1f} MiB of buffers"
+    else:
+        what = "would need"
+    print(f"plain cache at {args.tokens:,} tokens {what} ({need / 2**20:,.1f} MiB of keys and "
+          f"values); the spattn caches hold {sum(c.nbytes for c in caches) / 2**20:,.2f} MiB "
           f"({flat:,} slots per layer, unchanged since the window filled)")
     same = ids[:n_plain] == plain_ids
     print(f"same {n_plain:,} tokens from both loops: {'yes' if same else 'NO'}")

@@ -32,8 +32,6 @@ from .errors import ShapeError, SpattnError
 _ROWS = 16  #: query rows per engine call (the engine's MAX_M)
 _ARENA_MIN = 128  #: slots of the first arena (one page)
 _AHEAD = 4096  #: positions whose last queries are computed at once
-_FIXED_EST = 64  #: patterns with at most this many intervals per row are bound only once
-_AHEAD_ROWS = 64  #: rows of such patterns lowered at once
 
 
 class NotCausalError(SpattnError):
@@ -54,18 +52,6 @@ def _check_causal(p) -> None:
     bad = (p - "causal").nnz(n)
     if bad:
         raise _not_causal(p, f"has {bad:,} pairs with key j > query i at n = {n}")
-
-
-def _fixed_rows(p):
-    """The pattern bound once for every length (its rows do not depend on n) when its rows
-    have few intervals; None otherwise (rows are then lowered at each step's n)."""
-    from .bind import bind
-    from .checks import MAX_N
-
-    if not evict.length_independent(p.node):
-        return None
-    b = bind(p.node, MAX_N)
-    return b if b.est <= _FIXED_EST else None
 
 
 class KVCache:
@@ -93,8 +79,6 @@ class KVCache:
             _check_causal(p)
         rules = [evict.eviction(p.node) for p in distinct]
         self._rules = None if any(r is None for r in rules) else rules
-        self._bound = {p: b for p in distinct if (b := _fixed_rows(p)) is not None}
-        self._ahead_rows: dict = {}
         self._groups: list | None = None
         self._patterns: tuple | None = None
         self.length = 0
@@ -157,10 +141,21 @@ class KVCache:
             from .api import attention
 
             out = attention(q, k, v, list(self._patterns), scale=scale)
+            stored = False
         else:
-            out = self._attend(q, k, v, scale)
+            grad = torch.is_grad_enabled() and any(x.requires_grad for x in (q, k, v))
+            last = self._last_of(L, n)
+            # every new key is kept (a window step): store first, then read storage only
+            stored = not grad and bool((last >= n).all())
+            if stored:
+                with torch.no_grad():
+                    self._store(k, v, L, n, last)
+            out = self._attend(q, k, v, scale, stored, grad)
         with torch.no_grad():
-            self._append(k, v, L, n)
+            if stored:
+                self._evict(n)
+            else:
+                self._append(k, v, L, n)
         self.length = n
         return out
 
@@ -210,16 +205,18 @@ class KVCache:
         slot = np.append(s[start[:-1]] - off[arena[start[:-1]]], 0)
         return cpu_decode.Layout(start, src, slot, len(s) + t)
 
-    def _attend(self, q, k, v, scale: float):
+    def _attend(self, q, k, v, scale: float, stored: bool, grad: bool):
+        """The rows of this call's t positions; with ``stored``, its keys are already in
+        storage (virtual keys are then the held keys only)."""
         import torch
 
         from spattn.backends import cpu_decode
 
         B, H, t, D = q.shape
         L, n = self.length, self.length + q.shape[2]
-        lay = self._layout(t)
+        lay = self._layout(0 if stored else t)
+        hl = n if stored else L  # positions below hl are held keys
         # the arenas are rewritten by this call's append: a graph must keep its own copy
-        grad = torch.is_grad_enabled() and any(x.requires_grad for x in (q, k, v))
         ks = [a[0].clone() if grad else a[0] for a in self._arenas] + [k]
         vs = [a[1].clone() if grad else a[1] for a in self._arenas] + [v]
         outs: dict[tuple[int, int], list] = {}
@@ -229,15 +226,12 @@ class KVCache:
         for p, runs in self._groups:
             for r0 in range(L, n, _ROWS):
                 r1 = min(n, r0 + _ROWS)
-                if p in self._bound:  # rows of a length-independent pattern: any n
-                    row, lo, hi = self._rows_ahead(p, r0, r1)
-                else:
-                    row, lo, hi = cpu_decode.rows(p.node, n, r0, r1)
+                row, lo, hi = cpu_decode.pattern_rows(p, n, r0, r1)
                 if len(lo) and (hi > row + 1).any():
                     bad = int(np.flatnonzero(hi > row + 1)[0])
                     raise _not_causal(p, f"lets query {int(row[bad])} attend key "
                                       f"{int(hi[bad]) - 1} at n = {n}")
-                vlo, vhi = self._virtual(lo, L), self._virtual(hi, L)
+                vlo, vhi = self._virtual(lo, hl), self._virtual(hi, hl)
                 if not np.array_equal(vhi - vlo, hi - lo):  # pragma: no cover - a bug
                     raise AssertionError(f"KVCache: an attended key of `{p}` was evicted")
                 plan = cpu_decode.pieces(row, vlo, vhi, r0, r1 - r0, lay, gather)
@@ -249,21 +243,6 @@ class KVCache:
         parts = [torch.cat(outs[key], 2) if len(outs[key]) > 1 else outs[key][0]
                  for key in sorted(outs)]
         return parts[0] if len(parts) == 1 else torch.cat(parts, 1)
-
-    def _rows_ahead(self, p, r0: int, r1: int):
-        """Rows r0:r1 of a length-independent pattern, lowered :data:`_AHEAD_ROWS` rows at a
-        time (its rows do not depend on n, so later steps reuse them)."""
-        from .checks import MAX_N
-        from .lower import eval_rows
-
-        got = self._ahead_rows.get(p)
-        if got is None or not (got[0] <= r0 and r1 <= got[1]):
-            stop = min(MAX_N, max(r1, r0 + _AHEAD_ROWS))
-            got = (r0, stop, *eval_rows(self._bound[p], MAX_N, r0, stop))
-            self._ahead_rows[p] = got
-        row = got[2]
-        a, b = np.searchsorted(row, [r0, r1])
-        return row[a:b], got[3][a:b], got[4][a:b]
 
     # -- storage
 
@@ -283,16 +262,23 @@ class KVCache:
         return buf[L - a:n - a]
 
     def _append(self, k, v, L: int, n: int) -> None:
-        j = np.arange(L, n, dtype=np.int64)
-        last = self._last_of(L, n)
-        keep = last >= n
-        if len(self._pos):  # evict what no query from n on can attend
+        self._evict(n)
+        self._store(k, v, L, n, self._last_of(L, n))
+
+    def _evict(self, n: int) -> None:
+        """Drop the held keys that no query from n on can attend."""
+        if len(self._pos):
             alive = self._last >= n
             if not alive.all():
                 self._free = np.concatenate([self._free, self._slot[~alive]])
                 self._pos, self._slot = self._pos[alive], self._slot[alive]
                 self._last = self._last[alive]
                 self._release()
+
+    def _store(self, k, v, L: int, n: int, last: np.ndarray) -> None:
+        """Store the keys of positions L..n-1 that a query from n on can attend."""
+        j = np.arange(L, n, dtype=np.int64)
+        keep = last >= n
         new = int(keep.sum())
         if new == 0:
             return
