@@ -195,18 +195,24 @@ def _fixed(pattern):
     if not length_independent(pattern.node):
         return False
     b = bind(pattern.node, MAX_N)
-    return b if b.est <= FIXED_EST else False
+    return [b, MAX_N] if b.est <= FIXED_EST else False  # [bound, smallest n checked]
 
 
 def pattern_rows(pattern, n: int, r0: int, r1: int):
     """:func:`rows` of a :class:`spattn.Pattern`. A length-independent pattern's rows are
     the same at every n (clipped to keys < n), so they are lowered :data:`AHEAD_ROWS` rows at
     a time and later calls (the next decode steps) slice them."""
-    fixed = _FIXED.get_or_create(pattern, lambda: _fixed(pattern))
-    if fixed is False:
+    entry = _FIXED.get_or_create(pattern, lambda: _fixed(pattern))
+    if entry is False:
         return rows(pattern.node, n, r0, r1)
+    from spattn.bind import bind
     from spattn.checks import MAX_N
     from spattn.lower import eval_rows
+
+    fixed, checked = entry
+    if n < checked:  # a listed position must still be < n: binding at n raises if not
+        bind(pattern.node, n)
+        entry[1] = n  # valid at n, so at every larger n (positions are non-negative)
 
     def block(b: int):
         return _AHEAD.get_or_create((pattern, b), lambda: eval_rows(

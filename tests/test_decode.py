@@ -111,3 +111,16 @@ def test_large_n_streaming_runs_without_n_sized_work():
     s = (q.double() @ k[:, :, keys].double().transpose(-1, -2)) * 8 ** -0.5
     ref = torch.softmax(s, -1) @ v[:, :, keys].double()
     assert torch.allclose(out.double(), ref, atol=1e-6)
+
+
+def test_listed_positions_are_checked_at_every_n():
+    q = torch.randn(1, 1, 1, 8)
+    for n, ok in [(30, True), (16, False), (21, True), (20, False)]:
+        k = torch.randn(1, 1, n, 8)
+        if ok:
+            out = spattn.attention(q, k, k, "global([20]) & causal")
+            ref = dense_reference(q, k, k, ["global([20]) & causal"])
+            assert torch.allclose(out.double(), ref, atol=1e-6)
+        else:
+            with pytest.raises(spattn.LoweringError, match=f"n = {n}"):
+                spattn.attention(q, k, k, "global([20]) & causal")
