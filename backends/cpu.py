@@ -261,10 +261,9 @@ def _backward(plan: Plan, q, k, v, out, lse, dout, scale: float):
     """Gradients (dq, dk, dv) of one plan, sequence-major, given the final output and
     log-sum-exp (whose use makes each tile's gradient its exact share of the whole)."""
     m, BH, D = q.shape
-    n = k.shape[0]
     dq = q.new_zeros(m + 1, BH, D)
-    dk = k.new_zeros(n, BH, D)
-    dv = v.new_zeros(n, BH, D)
+    dk = torch.zeros_like(k)
+    dv = torch.zeros_like(v)
     # empty rows never appear in tiles; padding slots read row m: output 0, lse +inf
     inf = float("inf")
     lse_b = torch.cat([torch.where(torch.isneginf(lse), torch.full_like(lse, inf), lse),
@@ -336,6 +335,27 @@ def _put(dst: torch.Tensor, heads: list[int], val: torch.Tensor) -> None:
         dst[:, heads] = v
 
 
+def kv_heads(heads: list[int], H: int, Hkv: int) -> tuple[list[int], bool]:
+    """The key/value heads that query heads ``heads`` read (grouped-query attention: query
+    head h reads key head h // (H // Hkv)) and whether they are whole groups in order, so
+    that the fused kernel maps them itself (no copy); otherwise one key head per query head
+    (a copy of those heads)."""
+    if Hkv == H:
+        return heads, True
+    g = H // Hkv
+    kvh = sorted({h // g for h in heads})
+    if heads == [h for j in kvh for h in range(j * g, (j + 1) * g)]:
+        return kvh, True
+    return [h // g for h in heads], False
+
+
+def _add(dst: torch.Tensor, heads: list[int], val: torch.Tensor) -> None:
+    """Add sequence-major (S, B*nh, D) ``val`` into ``dst[:, heads]`` (heads may repeat)."""
+    B, _, S = dst.shape[:3]
+    v = val.reshape(S, B, len(heads), *val.shape[2:]).movedim(0, 2)
+    dst.index_add_(1, torch.tensor(heads, dtype=torch.long), v)
+
+
 def forward_lse(q, k, v, plans: tuple[Plan, ...], scale: float):
     """Output and log-sum-exp (B, H, m), both in the compute dtype (float64 for float64
     inputs, else float32), of one plan per head; no autograd."""
@@ -345,9 +365,10 @@ def forward_lse(q, k, v, plans: tuple[Plan, ...], scale: float):
     lse = torch.empty(B, H, m, dtype=ct)
     q, k, v = q.detach(), k.detach(), v.detach()
     for plan, heads in heads_by_plan(plans):
+        kvh, _ = kv_heads(heads, H, k.shape[1])
         if all_strided(plan):  # read (B, H, S, D) in place: no layout copies
-            o, lz = _forward_hm(plan, _head_major(q, heads, ct), _head_major(k, heads, ct),
-                                _head_major(v, heads, ct), scale,
+            o, lz = _forward_hm(plan, _head_major(q, heads, ct), _head_major(k, kvh, ct),
+                                _head_major(v, kvh, ct), scale,
                                 out.view(B * H, m, D) if len(heads) == H else None)
             if len(heads) == H:
                 if o.data_ptr() != out.data_ptr():
@@ -357,8 +378,8 @@ def forward_lse(q, k, v, plans: tuple[Plan, ...], scale: float):
                 out[:, heads] = o.view(B, len(heads), m, D)
                 lse[:, heads] = lz.view(B, len(heads), m)
             continue
-        o, lz = _forward(plan, _seq_major(q, heads, ct), _seq_major(k, heads, ct),
-                         _seq_major(v, heads, ct), scale)
+        o, lz = _forward(plan, _seq_major(q, heads, ct), _seq_major(k, kvh, ct),
+                         _seq_major(v, kvh, ct), scale)
         _put(out, heads, o)
         _put(lse, heads, lz)
     return out, lse
@@ -369,15 +390,24 @@ def backward_lse(q, k, v, out, lse, dout, plans: tuple[Plan, ...], scale: float)
     :func:`forward_lse`; no autograd (first derivatives only)."""
     q, k, v, dout = q.detach(), k.detach(), v.detach(), dout.detach()
     ct = out.dtype
-    dq, dk, dv = (torch.empty(x.shape, dtype=ct) for x in (q, k, v))
-    for plan, heads in heads_by_plan(plans):
-        gq, gk, gv = _backward(plan, _seq_major(q, heads, ct), _seq_major(k, heads, ct),
-                               _seq_major(v, heads, ct), _seq_major(out, heads, ct),
+    H = q.shape[1]
+    groups = [(plan, heads, *kv_heads(heads, H, k.shape[1])) for plan, heads in
+              heads_by_plan(plans)]
+    whole = all(aligned for *_, aligned in groups)  # each key head written by one plan
+    dq = torch.empty(q.shape, dtype=ct)
+    dk, dv = ((torch.empty if whole else torch.zeros)(x.shape, dtype=ct) for x in (k, v))
+    for plan, heads, kvh, aligned in groups:
+        gq, gk, gv = _backward(plan, _seq_major(q, heads, ct), _seq_major(k, kvh, ct),
+                               _seq_major(v, kvh, ct), _seq_major(out, heads, ct),
                                _seq_major(lse.unsqueeze(-1), heads, ct).squeeze(-1),
                                _seq_major(dout, heads, ct), scale)
         _put(dq, heads, gq)
-        _put(dk, heads, gk)
-        _put(dv, heads, gv)
+        if aligned:
+            _put(dk, kvh, gk)
+            _put(dv, kvh, gv)
+        else:  # key heads repeated per query head: their shares add up
+            _add(dk, kvh, gk)
+            _add(dv, kvh, gv)
     return dq.to(q.dtype), dk.to(k.dtype), dv.to(v.dtype)
 
 
@@ -389,11 +419,13 @@ def double_backward(q, k, v, dout, plans: tuple[Plan, ...], scale: float,
 
     xs = [x if x.requires_grad else x.detach() for x in (q, k, v)]
     want = [i for i in range(3) if needs[i]]
+    g = q.shape[1] // k.shape[1]
     with torch.enable_grad():
         for i in want:
             if not xs[i].requires_grad:
                 xs[i] = xs[i].detach().requires_grad_()
-        o = cpu_graph.attention(*xs, plans, scale)
+        kk, vv = (x.repeat_interleave(g, 1) if g > 1 else x for x in xs[1:])
+        o = cpu_graph.attention(xs[0], kk, vv, plans, scale)
         got = torch.autograd.grad(o, [xs[i] for i in want], dout, create_graph=True,
                                   allow_unused=True)
     out = [None, None, None]
@@ -432,8 +464,8 @@ def few_queries(q, k, v, patterns, scale: float):
     for p, runs in cpu_decode.head_groups(patterns):
         row, lo, hi = cpu_decode.pattern_rows(p, n, n - m, n)
         plan = cpu_decode.pieces(row, lo, hi, n - m, m, lay, cpu_decode.gather_limit(k))
-        for h0, h1 in runs:
-            outs[h0] = cpu_decode.attention(q[:, h0:h1], [k[:, h0:h1]], [v[:, h0:h1]], plan,
+        for h0, h1, k0, k1 in cpu_decode.kv_runs(runs, H, k.shape[1]):
+            outs[h0] = cpu_decode.attention(q[:, h0:h1], [k[:, k0:k1]], [v[:, k0:k1]], plan,
                                             float(scale))
     parts = [outs[h] for h in sorted(outs)]
     return parts[0] if len(parts) == 1 else torch.cat(parts, 1)

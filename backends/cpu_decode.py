@@ -240,6 +240,22 @@ def head_groups(patterns) -> list[tuple]:
     return [(p, head_runs(hs)) for p, hs in by.items()]
 
 
+def kv_runs(runs, H: int, Hkv: int) -> list[tuple[int, int, int, int]]:
+    """Query head runs ``(h0, h1)`` with the key/value heads ``(k0, k1)`` they read under
+    grouped-query attention (query head h reads key head h // (H // Hkv)): runs of whole
+    groups keep one call (the fused kernel maps the heads), others go head by head."""
+    if Hkv == H:
+        return [(a, b, a, b) for a, b in runs]
+    g = H // Hkv
+    out = []
+    for a, b in runs:
+        if a % g == 0 and b % g == 0:
+            out.append((a, b, a // g, b // g))
+        else:
+            out.extend((h, h + 1, h // g, h // g + 1) for h in range(a, b))
+    return out
+
+
 def head_runs(heads: list[int]) -> list[tuple[int, int]]:
     """Sorted head indices as runs ``(h0, h1)`` of consecutive heads (slices: views)."""
     out: list[list[int]] = []

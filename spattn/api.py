@@ -13,6 +13,9 @@ from typing import Any
 from .errors import ShapeError, SpattnError
 from .pattern import Pattern, compile
 
+#: backends that take k, v with fewer heads than q themselves (others get them expanded)
+_NATIVE_GQA = ("cpu", "reference")
+
 
 def resolve_patterns(pattern: Any, H: int) -> tuple[Pattern, ...]:
     """One pattern per head: a single pattern is shared by all heads."""
@@ -56,9 +59,13 @@ def validate(q, k, v) -> None:
     if k.shape != v.shape:
         raise ShapeError(f"k and v must have the same shape, got {tuple(k.shape)} and "
                          f"{tuple(v.shape)}")
-    if k.shape[0] != B or k.shape[1] != H or k.shape[3] != D:
+    if k.shape[0] != B or k.shape[3] != D:
         raise ShapeError(f"q has shape {tuple(q.shape)} (B, H, m, D) but k has "
-                         f"{tuple(k.shape)}; B, H and D must match")
+                         f"{tuple(k.shape)}; B and D must match")
+    if k.shape[1] < 1 or H % k.shape[1]:
+        raise ShapeError(f"q has H = {H} heads but k and v have {k.shape[1]}; the key/value "
+                         "heads must divide the query heads (grouped-query attention: query "
+                         "head h uses key head h // (H // H_kv))")
     n = k.shape[2]
     if n < 1:
         raise ShapeError("k and v have no positions (n = 0)")
@@ -115,8 +122,9 @@ def _no_queries(q, k, v):
 def attention(q, k, v, pattern, *, backend: str = "auto", scale: float | None = None):
     """Sparse attention of ``q`` over ``k, v`` restricted to ``pattern``.
 
-    ``q``: (B, H, m, D); ``k``, ``v``: (B, H, n, D) with m <= n; query row r is position
-    n - m + r. ``pattern``: text, :class:`Pattern`, or a list of H of them (one per head).
+    ``q``: (B, H, m, D); ``k``, ``v``: (B, H_kv, n, D) with m <= n and H_kv dividing H
+    (grouped-query attention: query head h reads key head h // (H // H_kv)); query row r is
+    position n - m + r. ``pattern``: text, :class:`Pattern`, or a list of H of them (one per head).
     ``scale`` (a finite number) defaults to 1/sqrt(D). ``backend``: "auto" (triton for CUDA
     tensors, cpu otherwise), "cpu", "triton", "reference" (dense float64, small sizes: for
     checking a result), or a registered plugin's name. Differentiable in q, k, v (on the cpu
@@ -143,7 +151,20 @@ def attention(q, k, v, pattern, *, backend: str = "auto", scale: float | None = 
         from . import ops  # one opaque operator for torch.compile; eager calls skip it
 
         if backend in ops.OP_BACKENDS and backends.is_builtin(backend):
+            native = backend in _NATIVE_GQA or (backend == "auto" and q.device.type == "cpu")
+            k, v = (k, v) if native else _expand_kv(k, v, H)
             return ops.attention(q, k, v, _pattern_texts(pattern, H), scale, backend)
     pats = resolve_patterns(pattern, H)
     b = backends.select(backend, q)
+    if b.name not in _NATIVE_GQA:
+        k, v = _expand_kv(k, v, H)
     return b.attention(q, k, v, pats, scale)
+
+
+def _expand_kv(k, v, H: int):
+    """k, v with H_kv < H heads repeated per query head, for backends that need H heads (a
+    copy; autograd sums the gradients back)."""
+    if k.shape[1] == H:
+        return k, v
+    g = H // k.shape[1]
+    return k.repeat_interleave(g, 1), v.repeat_interleave(g, 1)

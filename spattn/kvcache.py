@@ -134,8 +134,9 @@ class KVCache:
         self._check_inputs(q, k, v)
         B, H, t, D = q.shape
         scale = _check_scale(scale, D)
-        if self._patterns is None:
+        if self._patterns is None or len(self._patterns) != H:
             self._patterns = resolve_patterns(self._spec, H)
+            self._groups = None
         L, n = self.length, self.length + t
         if L == 0 and t > _ROWS:  # a first prefill is plain attention over its own keys
             from .api import attention
@@ -165,8 +166,9 @@ class KVCache:
         import torch
 
         self._check_inputs(k, k, v)
-        if self._patterns is None:
-            self._patterns = resolve_patterns(self._spec, k.shape[1])
+        if self._patterns is None:  # query heads unknown here: per-head lists give them
+            H = len(self._spec) if isinstance(self._spec, list) else k.shape[1]
+            self._patterns = resolve_patterns(self._spec, H)
         L, n = self.length, self.length + k.shape[2]
         with torch.no_grad():
             self._append(k, v, L, n)
@@ -235,10 +237,10 @@ class KVCache:
                 if not np.array_equal(vhi - vlo, hi - lo):  # pragma: no cover - a bug
                     raise AssertionError(f"KVCache: an attended key of `{p}` was evicted")
                 plan = cpu_decode.pieces(row, vlo, vhi, r0, r1 - r0, lay, gather)
-                for h0, h1 in runs:
+                for h0, h1, k0, k1 in cpu_decode.kv_runs(runs, H, k.shape[1]):
                     o = cpu_decode.attention(q[:, h0:h1, r0 - L:r1 - L],
-                                             [x[:, h0:h1] for x in ks],
-                                             [x[:, h0:h1] for x in vs], plan, scale)
+                                             [x[:, k0:k1] for x in ks],
+                                             [x[:, k0:k1] for x in vs], plan, scale)
                     outs.setdefault((h0, h1), []).append(o)
         parts = [torch.cat(outs[key], 2) if len(outs[key]) > 1 else outs[key][0]
                  for key in sorted(outs)]

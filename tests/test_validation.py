@@ -23,7 +23,9 @@ def qkv(B=1, H=2, m=16, n=16, D=8, dtype=torch.float32, seed=0):
 
 @pytest.mark.parametrize("mutate,match", [
     (lambda q, k, v: (q[0], k, v), r"q must have 4 dimensions .* got shape \(2, 16, 8\)"),
-    (lambda q, k, v: (q, k[:, :1], v[:, :1]), r"B, H and D must match"),
+    (lambda q, k, v: (q, k[..., :4], v[..., :4]), r"B and D must match"),
+    (lambda q, k, v: (q, torch.cat([k, k[:, :1]], 1), torch.cat([v, v[:, :1]], 1)),
+     r"must divide the query heads"),
     (lambda q, k, v: (q, k, v[..., :4]), r"k and v must have the same shape"),
     (lambda q, k, v: (q, k[:, :, :8], v[:, :, :8]), r"m = 16 queries but k has only n = 8"),
     (lambda q, k, v: (q.int(), k, v), r"q has dtype torch.int32"),
