@@ -163,3 +163,18 @@ def test_encoder_decoding_with_caches_equals_the_full_forward():
     assert [c.held for c in caches] == [2 + 6, 5]
     with pytest.raises(spattn.SpattnError, match="caches"):
         enc(x, caches=caches[:1])
+
+
+@pytest.mark.parametrize("p", ["streaming(4, 16)", "window(9, 0) & causal", "block(8) & causal",
+                               "fixed(8, 2) & causal", "dilated(3, 2) & causal"])
+def test_held_keys_match_the_kv_cache_figure(p):
+    """The runtime and the analysis agree: the most keys a step needs (held + its own) is
+    the pattern's `kv_cache` statistic."""
+    n = 160
+    cache = spattn.KVCache(p)
+    x = torch.randn(1, 1, 1, 4)
+    most = 0
+    for _ in range(n):
+        most = max(most, cache.held + 1)  # a step reads the held keys and its own
+        cache.attend(x, x, x)
+    assert most == spattn.compile(p).stats(n).to_dict()["kv_cache"]
