@@ -71,18 +71,16 @@ class Piece(NamedTuple):
 
 
 def _split(row, lo, hi, lay: Layout):
-    """Intervals cut at run boundaries, with the run each piece lies in."""
+    """Intervals cut at the layout's run boundaries (each piece within one run)."""
     ends = np.append(lay.start[1:], lay.size)
     a = np.searchsorted(lay.start, lo, "right") - 1
     b = np.searchsorted(lay.start, hi - 1, "right") - 1
     cnt = b - a + 1
     if (cnt == 1).all():
-        return row, lo, hi, a
+        return row, lo, hi
     rep = np.repeat(np.arange(len(lo)), cnt)
-    first = np.cumsum(cnt) - cnt
-    run = a[rep] + (np.arange(len(rep)) - first[rep])
-    return (row[rep], np.maximum(lo[rep], lay.start[run]), np.minimum(hi[rep], ends[run]),
-            run)
+    run = a[rep] + (np.arange(len(rep)) - (np.cumsum(cnt) - cnt)[rep])
+    return row[rep], np.maximum(lo[rep], lay.start[run]), np.minimum(hi[rep], ends[run])
 
 
 def _merge_slots(src, slot, length, bits):
@@ -109,7 +107,7 @@ def pieces(row, lo, hi, r0: int, m: int, lay: Layout, gather_all: int = 0) -> li
     row, lo, hi = row[keep], lo[keep], hi[keep]
     if len(lo) == 0:
         return []
-    row, lo, hi, run = _split(row - r0, lo, hi, lay)
+    row, lo, hi = _split(row - r0, lo, hi, lay)
     if m == 1:  # one row: its intervals are the segments
         s_lo, s_hi, bits = lo, hi, np.ones((1, len(lo)), bool)
     else:
@@ -121,38 +119,34 @@ def pieces(row, lo, hi, r0: int, m: int, lay: Layout, gather_all: int = 0) -> li
         used = bits.any(0)
         s_lo, s_hi, bits = pts[:-1][used], pts[1:][used], bits[:, used]
     s_run = np.searchsorted(lay.start, s_lo, "right") - 1
-    s_slot = lay.slot[s_run] + (s_lo - lay.start[s_run])
-    s_src = lay.src[s_run]
-    out: list[Piece] = []
-    inf = float("-inf")
-    s_src, s_slot, s_len, bits = _merge_slots(s_src, s_slot, s_hi - s_lo, bits)
-    s_lo = np.zeros(len(s_len), np.int64)  # from here on segments are (src, slot, length)
-    s_hi = s_len
-    long_ = s_len >= LONG
-    if int(s_len.sum()) <= gather_all:
+    # from here on a segment is (source, first slot, length), sorted by source and slot
+    src, slot, size, bits = _merge_slots(lay.src[s_run],
+                                         lay.slot[s_run] + (s_lo - lay.start[s_run]),
+                                         s_hi - s_lo, bits)
+    long_ = size >= LONG
+    if int(size.sum()) <= gather_all:
         long_[:] = False
     if (~long_).sum() == 1:  # a lone short segment is read in place too: nothing to gather
         long_[:] = True
+    out: list[Piece] = []
+    inf = float("-inf")
     for e in np.flatnonzero(long_).tolist():
         rows = bits[:, e]
         mask = None
         if not rows.all():
             col = torch.zeros(m, 1)
             col[torch.from_numpy(~rows)] = inf
-            mask = col.expand(m, int(s_hi[e] - s_lo[e]))
-        lo_e = int(s_slot[e])
-        out.append(Piece(int(s_src[e]), lo_e, lo_e + int(s_hi[e] - s_lo[e]), None, mask,
-                         rows.copy()))
+            mask = col.expand(m, int(size[e]))
+        a = int(slot[e])
+        out.append(Piece(int(src[e]), a, a + int(size[e]), None, mask, rows.copy()))
     short = np.flatnonzero(~long_)
     if len(short):
-        length = s_hi[short] - s_lo[short]
+        length = size[short]
         seg = np.repeat(short, length)
-        off = np.arange(len(seg)) - np.repeat(np.cumsum(length) - length, length)
-        order = np.argsort(s_src[seg], kind="stable")
-        seg, off = seg[order], off[order]
-        slots, srcs = s_slot[seg] + off, s_src[seg]
-        idx = tuple((int(s), torch.from_numpy(slots[srcs == s]))
-                    for s in np.unique(srcs).tolist())
+        slots = slot[seg] + np.arange(len(seg)) - np.repeat(np.cumsum(length) - length, length)
+        srcs = src[seg]
+        idx = tuple((int(x), torch.from_numpy(slots[srcs == x]))
+                    for x in np.unique(srcs).tolist())
         cols = bits[:, seg]
         mask = None
         if not cols.all():

@@ -28,6 +28,7 @@ from spattn.cache import LRUCache
 from spattn.errors import ShapeError
 
 from .triton_codegen import kernel_module
+from .triton_kernels import ONLINE_STEP
 
 #: the most query rows the decode kernel serves (its query tile)
 MAX_M = 16
@@ -43,6 +44,8 @@ import triton.language as tl
 
 # builtins only (no tl.zeros / tl.max / tl.cdiv: jit helpers fixed at import break the
 # interpreter); reductions through tl.reduce with the standard combine functions
+
+# @ONLINE_STEP@
 
 
 @triton.jit
@@ -86,13 +89,7 @@ def _decode_split(Q, K, V, KIDX, BITS, HEADS, O, LSE, WACC, WM, WL,
         s = tl.dot(q, kt, input_precision=PREC) * qk_scale
         keep = ((bits[None, :] >> rm[:, None]) & 1) != 0
         s = tl.where(keep, s, float("-inf"))
-        m_new = tl.maximum(m_i, tl.reduce(s, 1, tl.standard._elementwise_max))
-        m_safe = tl.where(m_new == float("-inf"), 0.0, m_new)
-        alpha = tl.math.exp2(m_i - m_safe)
-        p = tl.math.exp2(s - m_safe[:, None])
-        l_i = l_i * alpha + tl.reduce(p, 1, tl.standard._sum_combine)
-        acc = acc * alpha[:, None] + tl.dot(p.to(vv.dtype), vv, input_precision=PREC)
-        m_i = m_new
+        acc, m_i, l_i = _online_step(s, vv, acc, m_i, l_i, PREC)
     if FINAL:
         l_safe = tl.where(l_i > 0.0, l_i, 1.0)
         o = acc / l_safe[:, None]
@@ -134,7 +131,7 @@ def _decode_combine(O, LSE, HEADS, WACC, WM, WL, sob, soh, som, sod, H_SEL, H, m
              o.to(O.dtype.element_ty), mask=(rm[:, None] < m) & (rd[None, :] < D))
     lse = tl.where(tot > 0.0, mx + tl.math.log2(t_safe), float("inf"))
     tl.store(LSE + (b * H + h) * m + rm, lse, mask=rm < m)
-'''
+'''.replace("# @ONLINE_STEP@", ONLINE_STEP)
 
 
 def decode_enabled(m: int) -> bool:

@@ -12,6 +12,21 @@ by a launch are listed in ``HEADS`` (per-head patterns run one launch per distin
 Empty rows keep LSE = +inf so that every recomputed probability is 0.
 """
 
+#: one online-softmax step over a tile of base-2 scores ``s`` (masked entries -inf) and its
+#: values ``v``: the running (acc, row max, row sum) updated; a row with no key stays at
+#: (0, -inf, 0). Pasted into every kernel template that accumulates attention.
+ONLINE_STEP = '''
+@triton.jit
+def _online_step(s, v, acc, m_i, l_i, PREC: tl.constexpr):
+    m_new = tl.maximum(m_i, tl.reduce(s, 1, tl.standard._elementwise_max))
+    m_safe = tl.where(m_new == float("-inf"), 0.0, m_new)
+    alpha = tl.math.exp2(m_i - m_safe)
+    p = tl.math.exp2(s - m_safe[:, None])
+    l_i = l_i * alpha + tl.reduce(p, 1, tl.standard._sum_combine)
+    acc = acc * alpha[:, None] + tl.dot(p.to(v.dtype), v, input_precision=PREC)
+    return acc, m_new, l_i
+'''
+
 TEMPLATE = '''
 import triton
 import triton.language as tl
@@ -25,6 +40,7 @@ import triton.language as tl
 # jit functions fixed when triton.language is imported, which breaks the interpreter if that
 # happened before TRITON_INTERPRET=1 was set.
 
+# @ONLINE_STEP@
 
 @triton.jit
 def _qpos(QPOS, rm, m, n, off, PERM: tl.constexpr):
@@ -61,13 +77,7 @@ def _fwd_tile(q, acc, m_i, l_i, kbase, vbase, c, rn, rd, qi, skn, svn, n, qk_sca
     if MASKED:
         keep = keep & _mask_fn(qi, _kpos(KPOS, kn, n, PERM)[None, :], n, PRM, TAB)
     s = tl.where(keep, s, float("-inf"))
-    m_new = tl.maximum(m_i, tl.reduce(s, 1, tl.standard._elementwise_max))
-    m_safe = tl.where(m_new == float("-inf"), 0.0, m_new)
-    alpha = tl.math.exp2(m_i - m_safe)
-    p = tl.math.exp2(s - m_safe[:, None])
-    l_i = l_i * alpha + tl.reduce(p, 1, tl.standard._sum_combine)
-    acc = acc * alpha[:, None] + tl.dot(p.to(v.dtype), v, input_precision=PREC)
-    return acc, m_new, l_i
+    return _online_step(s, v, acc, m_i, l_i, PREC)
 
 
 @triton.jit
@@ -252,3 +262,5 @@ def _bwd_dkdv(Q, K, V, DO, DK, DV, LSE, DELTA, HEADS, FPTR, FIDX, PPTR, PIDX, PR
     tl.store(DV + b * svb + h * svh + kn[:, None] * svn + rd[None, :],
              dv.to(DV.dtype.element_ty), mask=kmask)
 '''
+
+TEMPLATE = TEMPLATE.replace("# @ONLINE_STEP@", ONLINE_STEP)

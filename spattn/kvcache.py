@@ -138,25 +138,24 @@ class KVCache:
             self._patterns = resolve_patterns(self._spec, H)
             self._groups = None
         L, n = self.length, self.length + t
-        if L == 0 and t > _ROWS:  # a first prefill is plain attention over its own keys
+        last = self._last_of(L, n)
+        grad = torch.is_grad_enabled() and any(x.requires_grad for x in (q, k, v))
+        # every new key is kept (a window step): store first, then read storage only
+        prefill = L == 0 and t > _ROWS  # a first prefill: plain attention over its own keys
+        stored = not prefill and not grad and bool((last >= n).all())
+        with torch.no_grad():
+            if stored:
+                self._store(k, v, L, n, last)
+        if prefill:
             from .api import attention
 
             out = attention(q, k, v, list(self._patterns), scale=scale)
-            stored = False
         else:
-            grad = torch.is_grad_enabled() and any(x.requires_grad for x in (q, k, v))
-            last = self._last_of(L, n)
-            # every new key is kept (a window step): store first, then read storage only
-            stored = not grad and bool((last >= n).all())
-            if stored:
-                with torch.no_grad():
-                    self._store(k, v, L, n, last)
             out = self._attend(q, k, v, scale, stored, grad)
         with torch.no_grad():
-            if stored:
-                self._evict(n)
-            else:
-                self._append(k, v, L, n)
+            self._evict(n)
+            if not stored:
+                self._store(k, v, L, n, last)
         self.length = n
         return out
 
@@ -171,7 +170,8 @@ class KVCache:
             self._patterns = resolve_patterns(self._spec, H)
         L, n = self.length, self.length + k.shape[2]
         with torch.no_grad():
-            self._append(k, v, L, n)
+            self._evict(n)
+            self._store(k, v, L, n, self._last_of(L, n))
         self.length = n
 
     def _check_inputs(self, q, k, v) -> None:
@@ -200,7 +200,7 @@ class KVCache:
         if len(s) == 0:
             return cpu_decode.contiguous(t, len(self._arenas))
         off = np.asarray(self._offsets, np.int64)
-        arena = np.searchsorted(off, s, "right") - 1
+        arena = self._arena_of(s)
         brk = np.flatnonzero((np.diff(s) != 1) | (np.diff(arena) != 0)) + 1
         start = np.concatenate([[0], brk, [len(s)]])
         src = np.append(arena[start[:-1]], len(self._arenas))
@@ -262,10 +262,6 @@ class KVCache:
             self._ahead = (L, buf)
             a = L
         return buf[L - a:n - a]
-
-    def _append(self, k, v, L: int, n: int) -> None:
-        self._evict(n)
-        self._store(k, v, L, n, self._last_of(L, n))
 
     def _evict(self, n: int) -> None:
         """Drop the held keys that no query from n on can attend."""
@@ -342,13 +338,13 @@ class KVCache:
 
         off = np.asarray(self._offsets, np.int64)
         if len(slots) == 1:  # one key (a decode step): plain slice copies
-            a = int(np.searchsorted(off, slots[0], "right") - 1)
+            a = int(self._arena_of(slots[:1])[0])
             d, j = int(slots[0] - off[a]), int(sel[0])
             K, V = self._arenas[a]
             K[:, :, d:d + 1].copy_(k[:, :, j:j + 1])
             V[:, :, d:d + 1].copy_(v[:, :, j:j + 1])
             return
-        arena = np.searchsorted(off, slots, "right") - 1
+        arena = self._arena_of(slots)
         for a in np.unique(arena).tolist():
             m = arena == a
             dst = torch.from_numpy(slots[m] - off[a]).to(k.device)
