@@ -18,7 +18,7 @@ EVICTING = ["streaming(4, 16)", "window(9, 0) & causal", "block(8) & causal",
             "window(12, 0) & stride(3)", "(window(6, 0) | stride(7)) & causal", "causal",
             "strided(8)", "window(20, 0) & causal - window(3, 0)", "rows([0:5]) & causal"]
 KEEPING = ["local(n // 8) & causal", "(sink(2) | rows([-1])) & causal",
-           "random(4, seed=1) & causal", "(window(5, 0) | cols([-3])) & causal"]
+           "random(4, seed=1) & causal", "(window(5, 0) | cols([-1])) & causal"]
 
 
 def brute_needed(p, L, horizon):
