@@ -416,6 +416,32 @@ class _Decode(torch.autograd.Function):
         return (dq.to(q.dtype), None, None, None, *cast)
 
 
+def attend_rows(q, ks, vs, groups, n: int, lay: Layout, virtual, scale: float, check=None):
+    """Rows n - m .. n - 1 of a sequence of n positions (q: (B, H, m, D), any m: chunks of
+    :data:`MAX_M` rows) over keys stored as ``lay`` says in the sources ``ks``, ``vs``
+    (B, H_kv, S, D). ``groups`` are :func:`head_groups`; ``virtual(lo, hi)`` maps interval
+    end points from positions to virtual keys (and raises when a key is not held);
+    ``check(pattern, row, lo, hi)``, if given, sees every chunk's intervals first."""
+    B, H, m, D = q.shape
+    gather = gather_limit(ks[-1])
+    outs: dict[tuple[int, int], list] = {}
+    for p, runs in groups:
+        for r0 in range(n - m, n, MAX_M):
+            r1 = min(n, r0 + MAX_M)
+            row, lo, hi = pattern_rows(p, n, r0, r1)
+            if check is not None:
+                check(p, row, lo, hi)
+            vlo, vhi = virtual(lo, hi)
+            plan = pieces(row, vlo, vhi, r0, r1 - r0, lay, gather)
+            for h0, h1, k0, k1 in kv_runs(runs, H, ks[-1].shape[1]):
+                o = attention(q[:, h0:h1, r0 - n + m:r1 - n + m], [x[:, k0:k1] for x in ks],
+                              [x[:, k0:k1] for x in vs], plan, scale)
+                outs.setdefault((h0, h1), []).append(o)
+    parts = [torch.cat(outs[key], 2) if len(outs[key]) > 1 else outs[key][0]
+             for key in sorted(outs)]
+    return parts[0] if len(parts) == 1 else torch.cat(parts, 1)
+
+
 def attention(q, ks, vs, plan: list[Piece], scale: float) -> torch.Tensor:
     """Differentiable attention of q (B, h, m, D) over the pieces of sources ``ks``, ``vs``;
     (B, h, m, D) in q's dtype. Gathered keys are checked against the memory budget first."""

@@ -174,6 +174,23 @@ class KVCache:
             self._store(k, v, L, n, self._last_of(L, n))
         self.length = n
 
+    def select_batch(self, index) -> None:
+        """Keep batch rows ``index`` (a sequence of row numbers, repeats allowed): row i
+        becomes old row ``index[i]`` (beam search reorders and expands a batch this way)."""
+        import torch
+
+        if self._meta is None:
+            return
+        B = self._meta[0]
+        idx = [int(i) for i in index]
+        if not idx or any(not 0 <= i < B for i in idx):
+            raise SpattnError(f"KVCache.select_batch: rows {idx} for a batch of {B}")
+        if self._arenas:
+            t = torch.tensor(idx, device=self._arenas[0][0].device)
+            self._arenas = [(K.index_select(0, t), V.index_select(0, t))
+                            for K, V in self._arenas]
+        self._meta = (len(idx), *self._meta[1:])
+
     def _check_inputs(self, q, k, v) -> None:
         validate(q, k, v)
         if q.shape[2] != k.shape[2]:
@@ -210,41 +227,31 @@ class KVCache:
     def _attend(self, q, k, v, scale: float, stored: bool, grad: bool):
         """The rows of this call's t positions; with ``stored``, its keys are already in
         storage (virtual keys are then the held keys only)."""
-        import torch
-
         from spattn.backends import cpu_decode
 
-        B, H, t, D = q.shape
-        L, n = self.length, self.length + q.shape[2]
+        t = q.shape[2]
+        L, n = self.length, self.length + t
         lay = self._layout(0 if stored else t)
         hl = n if stored else L  # positions below hl are held keys
         # the arenas are rewritten by this call's append: a graph must keep its own copy
         ks = [a[0].clone() if grad else a[0] for a in self._arenas] + [k]
         vs = [a[1].clone() if grad else a[1] for a in self._arenas] + [v]
-        outs: dict[tuple[int, int], list] = {}
-        gather = cpu_decode.gather_limit(k)
         if self._groups is None:
             self._groups = cpu_decode.head_groups(self._patterns)
-        for p, runs in self._groups:
-            for r0 in range(L, n, _ROWS):
-                r1 = min(n, r0 + _ROWS)
-                row, lo, hi = cpu_decode.pattern_rows(p, n, r0, r1)
-                if len(lo) and (hi > row + 1).any():
-                    bad = int(np.flatnonzero(hi > row + 1)[0])
-                    raise _not_causal(p, f"lets query {int(row[bad])} attend key "
-                                      f"{int(hi[bad]) - 1} at n = {n}")
-                vlo, vhi = self._virtual(lo, hl), self._virtual(hi, hl)
-                if not np.array_equal(vhi - vlo, hi - lo):  # pragma: no cover - a bug
-                    raise AssertionError(f"KVCache: an attended key of `{p}` was evicted")
-                plan = cpu_decode.pieces(row, vlo, vhi, r0, r1 - r0, lay, gather)
-                for h0, h1, k0, k1 in cpu_decode.kv_runs(runs, H, k.shape[1]):
-                    o = cpu_decode.attention(q[:, h0:h1, r0 - L:r1 - L],
-                                             [x[:, k0:k1] for x in ks],
-                                             [x[:, k0:k1] for x in vs], plan, scale)
-                    outs.setdefault((h0, h1), []).append(o)
-        parts = [torch.cat(outs[key], 2) if len(outs[key]) > 1 else outs[key][0]
-                 for key in sorted(outs)]
-        return parts[0] if len(parts) == 1 else torch.cat(parts, 1)
+
+        def check(p, row, lo, hi):
+            if len(lo) and (hi > row + 1).any():
+                bad = int(np.flatnonzero(hi > row + 1)[0])
+                raise _not_causal(p, f"lets query {int(row[bad])} attend key "
+                                  f"{int(hi[bad]) - 1} at n = {n}")
+
+        def virtual(lo, hi):
+            vlo, vhi = self._virtual(lo, hl), self._virtual(hi, hl)
+            if not np.array_equal(vhi - vlo, hi - lo):  # pragma: no cover - a bug
+                raise AssertionError("KVCache: an attended key was evicted")
+            return vlo, vhi
+
+        return cpu_decode.attend_rows(q, ks, vs, self._groups, n, lay, virtual, scale, check)
 
     # -- storage
 
