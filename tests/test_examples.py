@@ -62,8 +62,20 @@ def test_chat_stream_fast_memory_is_flat(tmp_path):
     assert "same 1,500 tokens from both loops: yes" in out
 
 
+def test_hf_generate_fast_pattern_cache_is_flat(tmp_path):
+    pytest.importorskip("transformers")
+    out = run([str(EXAMPLES / "hf_generate.py"), "--fast"], tmp_path)
+    rows = [ln.split("|")[1:-1] for ln in out.splitlines() if ln.startswith("| 1")
+            or ln.startswith("| 3")]
+    assert [r[0].strip() for r in rows] == ["192", "384"]
+    dyn = [float(r[3].replace(",", "")) for r in rows]
+    pat = [float(r[4].replace(",", "")) for r in rows]
+    assert dyn[1] > dyn[0] and pat[0] == pat[1] < dyn[0]
+    assert "PatternCache stays at" in out and out.rstrip().endswith("True")
+
+
 @pytest.mark.parametrize("name", ["quickstart.py", "long_document.py", "seed_patterns.py",
-                                  "chat_stream.py"])
+                                  "chat_stream.py", "hf_generate.py"])
 def test_examples_have_docstrings(name):
     text = (EXAMPLES / name).read_text()
     assert text.startswith('"""')

@@ -12,6 +12,8 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import torch
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 import spattn
 
@@ -62,6 +64,7 @@ def gemma3(seed=0):
     return transformers.Gemma3ForCausalLM(cfg).double().eval()
 
 
+_LLAMA = llama()  # shared by the hypothesis test (switched to spattn in each example)
 MODELS = {"llama": llama, "mistral": mistral, "qwen2": qwen2, "gemma3": gemma3}
 
 
@@ -388,3 +391,45 @@ def test_mask_runs_are_compact():
     assert padding_runs(torch.ones(2, 9), 9) is None
     assert padding_runs(torch.ones(2, 5), 9) == ((0, 5), (0, 5))
     assert np.array_equal(np.asarray(padding_runs(am[:1], 4)), [[2, 4]])
+
+
+@settings(max_examples=12, deadline=None)
+@given(n=st.sampled_from([1, 2, 5, 13, 17]),
+       pads=st.lists(st.integers(0, 6), min_size=1, max_size=3),
+       pattern=st.sampled_from(["streaming(1, 3)", "local(2) | global([0, 4])", "stride(3)",
+                                "block(5) | sink(2)", "causal - window(1, 0)"]))
+def test_padded_rows_equal_each_sequence_alone(n, pads, pattern):
+    """Row b has pads[b] padding tokens on the left and the rest on the right: its logits at
+    the real tokens equal those of its sequence alone (positions from the first real token;
+    an empty attention row gives a zero output in both)."""
+    model = _LLAMA
+    B, P = len(pads), max(pads)
+    x = ids(B, n, seed=n)
+    padded = torch.zeros(B, n + P, dtype=torch.long)
+    am = torch.zeros(B, n + P, dtype=torch.long)
+    for b, p in enumerate(pads):
+        padded[b, p:p + n] = x[b]
+        am[b, p:p + n] = 1
+    pos = (am.cumsum(-1) - 1).clamp(min=0)
+    got = with_spattn(model, pattern, padded, attention_mask=am, position_ids=pos)
+    alone = with_spattn(model, pattern, x)
+    for b, p in enumerate(pads):
+        assert (got[b, p:p + n] - alone[b]).abs().max().item() < 1e-12
+
+
+@pytest.mark.parametrize("m", [1, 3, 17, 40])
+def test_held_attention_over_a_cache_that_dropped_keys(m):
+    """Keys start..n-1 only (a sliding cache): equal to attention over all n keys, and an
+    error when the pattern attends a dropped key."""
+    g = torch.Generator().manual_seed(m)
+    n, start = 61, 61 - m - 4
+    q = torch.randn(2, 4, m, 8, generator=g, dtype=torch.float64)
+    k = torch.randn(2, 2, n, 8, generator=g, dtype=torch.float64)
+    v = torch.randn(2, 2, n, 8, generator=g, dtype=torch.float64)
+    pats = (spattn.compile("window(4, 0)"),) * 4
+    got = hf.held_attention(q, k[:, :, start:], v[:, :, start:], pats, n, start, 0.3)
+    ref = spattn.attention(q, k, v, "window(4, 0)", scale=0.3)
+    assert (got - ref).abs().max().item() < 1e-12
+    with pytest.raises(spattn.SpattnError, match="no longer holds key 0"):
+        hf.held_attention(q, k[:, :, start:], v[:, :, start:],
+                          (spattn.compile("streaming(1, 4)"),) * 4, n, start, 0.3)
