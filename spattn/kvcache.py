@@ -151,7 +151,9 @@ class KVCache:
 
             out = attention(q, k, v, list(self._patterns), scale=scale)
         else:
-            out = self._attend(q, k, v, scale, stored, grad)
+            out = self._one_row(q, scale, n) if stored and t == 1 else None
+            if out is None:
+                out = self._attend(q, k, v, scale, stored, grad)
         with torch.no_grad():
             self._evict(n)
             if not stored:
@@ -223,6 +225,36 @@ class KVCache:
         src = np.append(arena[start[:-1]], len(self._arenas))
         slot = np.append(s[start[:-1]] - off[arena[start[:-1]]], 0)
         return cpu_decode.Layout(start, src, slot, len(s) + t)
+
+    def _one_row(self, q, scale: float, n: int):
+        """A one-token step whose keys are all in storage, one pattern for every head, few
+        keys in one arena: gather them and run one fused kernel (a decode step's common case,
+        without the piece planning of the general path). None: take the general path."""
+        import torch
+
+        from spattn.backends import cpu_decode
+
+        if self._groups is None:
+            self._groups = cpu_decode.head_groups(self._patterns)
+        if len(self._groups) != 1 or q.device.type != "cpu":
+            return None
+        row, lo, hi = cpu_decode.pattern_rows(self._groups[0][0], n, n - 1, n)
+        if len(hi) and int(hi.max()) > n:  # pragma: no cover - pattern_rows clips to n
+            return None
+        K, V = self._arenas[-1] if len(self._arenas) == 1 else (None, None)
+        a, b = np.searchsorted(self._pos, lo), np.searchsorted(self._pos, hi)
+        count = int((b - a).sum())
+        if K is None or count == 0 or count > cpu_decode.gather_limit(K):
+            return None
+        if not np.array_equal(b - a, hi - lo):  # pragma: no cover - a bug
+            raise AssertionError("KVCache: an attended key was evicted")
+        u = np.concatenate([np.arange(x, y) for x, y in zip(a.tolist(), b.tolist())]) \
+            if len(a) > 1 else np.arange(int(a[0]), int(b[0]))
+        idx = torch.from_numpy(self._slot[u] - self._offsets[0])
+        with cpu_decode.serial(2 * q.numel() * count):
+            kg, vg = K.index_select(2, idx), V.index_select(2, idx)
+            return torch.nn.functional.scaled_dot_product_attention(
+                q, kg, vg, scale=scale, enable_gqa=kg.shape[1] != q.shape[1]).to(q.dtype)
 
     def _attend(self, q, k, v, scale: float, stored: bool, grad: bool):
         """The rows of this call's t positions; with ``stored``, its keys are already in

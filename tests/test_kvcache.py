@@ -178,3 +178,29 @@ def test_held_keys_match_the_kv_cache_figure(p):
         most = max(most, cache.held + 1)  # a step reads the held keys and its own
         cache.attend(x, x, x)
     assert most == spattn.compile(p).stats(n).to_dict()["kv_cache"]
+
+
+@pytest.mark.parametrize("p", ["streaming(3, 20)", "window(40, 0) & causal",
+                               "(sink(2) | window(9, 0) | window(30, 0) & stride(7)) & causal"])
+def test_one_token_steps_gather_without_planning(p, monkeypatch):
+    """One-token steps over few stored keys (a window) gather them and run one kernel: no
+    piece planning, and still the reference's rows (GQA: 4 query heads over 2 key heads)."""
+    from spattn.backends import cpu_decode
+
+    g = torch.Generator().manual_seed(5)
+    N = 150
+    Q = torch.randn(2, 4, N, 16, generator=g, dtype=torch.float64)
+    K, V = (torch.randn(2, 2, N, 16, generator=g, dtype=torch.float64) for _ in range(2))
+    cache = spattn.KVCache(p)
+    cache.attend(Q[:, :, :40], K[:, :, :40], V[:, :, :40])
+    cache.attend(Q[:, :, 40:41], K[:, :, 40:41], V[:, :, 40:41])  # arenas settle
+
+    def no_planning(*a, **k):
+        raise AssertionError("a one-token window step planned pieces")
+
+    monkeypatch.setattr(cpu_decode, "pieces", no_planning)
+    for t in range(41, N):
+        got = cache.attend(Q[:, :, t:t + 1], K[:, :, t:t + 1], V[:, :, t:t + 1])
+        ref = spattn.attention(Q[:, :, t:t + 1], K[:, :, :t + 1], V[:, :, :t + 1], p,
+                               backend="reference")
+        assert (got - ref).abs().max().item() < 1e-12, t
