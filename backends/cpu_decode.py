@@ -370,6 +370,8 @@ def differentiable(q, ks, vs, plan: list[Piece], scale: float):
                 "use fewer queries per call")
     k = torch.cat([piece_keys(p, ks) for p in plan], 2).to(ct)
     v = torch.cat([piece_keys(p, vs) for p in plan], 2).to(ct)
+    if k.shape[1] != h:  # grouped-query attention: query head i reads key head i // (h // hk)
+        k, v = k.repeat_interleave(h // k.shape[1], 1), v.repeat_interleave(h // k.shape[1], 1)
     masks = [torch.zeros(m, p.hi - p.lo, dtype=ct, device=q.device) if p.mask is None
              else p.mask.to(q.device, ct) for p in plan]
     s = torch.matmul(q.to(ct), k.transpose(-1, -2)) * scale + torch.cat(masks, 1)

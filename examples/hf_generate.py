@@ -8,7 +8,7 @@ the pattern can still attend. At each checkpoint the table shows the generation 
 last 256 tokens) and the bytes of keys and values each cache holds.
 
     python examples/hf_generate.py            # checkpoints at 2K, 8K and 32K tokens
-    python examples/hf_generate.py --fast     # 192 and 384 tokens (a smoke test)
+    python examples/hf_generate.py --fast     # 128 and 256 tokens (a smoke test)
 """
 
 from __future__ import annotations
@@ -79,13 +79,13 @@ def run(model, marks: list[int], spattn_cache: bool):
 
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--fast", action="store_true", help="192 and 384 tokens")
+    ap.add_argument("--fast", action="store_true", help="128 and 256 tokens")
     args = ap.parse_args(argv)
     global WINDOW
     torch.set_num_threads(os.cpu_count() or 1)
     if args.fast:
         WINDOW = 64
-    marks = [192, 384] if args.fast else [2048, 8192, 32768]
+    marks = [128, 256] if args.fast else [2048, 8192, 32768]
     model = model_for(max(marks) + 32)
     print(f"random-init Llama-style model: 2 layers, 4 query heads, 2 key/value heads, "
           f"float32; torch {torch.__version__}, transformers {transformers.__version__}, "

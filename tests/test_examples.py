@@ -65,9 +65,9 @@ def test_chat_stream_fast_memory_is_flat(tmp_path):
 def test_hf_generate_fast_pattern_cache_is_flat(tmp_path):
     pytest.importorskip("transformers")
     out = run([str(EXAMPLES / "hf_generate.py"), "--fast"], tmp_path)
-    rows = [ln.split("|")[1:-1] for ln in out.splitlines() if ln.startswith("| 1")
-            or ln.startswith("| 3")]
-    assert [r[0].strip() for r in rows] == ["192", "384"]
+    rows = [ln.split("|")[1:-1] for ln in out.splitlines() if ln.startswith("| 128 ")
+            or ln.startswith("| 256 ")]
+    assert [r[0].strip() for r in rows] == ["128", "256"]
     dyn = [float(r[3].replace(",", "")) for r in rows]
     pat = [float(r[4].replace(",", "")) for r in rows]
     assert dyn[1] > dyn[0] and pat[0] == pat[1] < dyn[0]

@@ -52,10 +52,11 @@ def test_per_head_patterns_that_split_groups(backend, m, n):
         torch.testing.assert_close(a.double(), b.double())
 
 
-def test_double_backward_with_groups():
-    q, k, v = _inputs(1, 4, 2, 20, 20, 4)
+@pytest.mark.parametrize("n", [7, 17])  # the few-query path (m <= 16) and the tile path
+def test_double_backward_with_groups(n):
+    q, k, v = _inputs(1, 2, 1, n, n, 2)  # gradgradcheck is quadratic in the inputs: keep it small
     assert torch.autograd.gradgradcheck(
-        lambda a, b, c: spattn.attention(a, b, c, "local(2) | global([0])"), (q, k, v))
+        lambda a, b, c: spattn.attention(a, b, c, "local(1) | global([0])"), (q, k, v))
 
 
 def test_kvcache_with_groups():
