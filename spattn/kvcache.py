@@ -227,32 +227,38 @@ class KVCache:
         return cpu_decode.Layout(start, src, slot, len(s) + t)
 
     def _one_row(self, q, scale: float, n: int):
-        """A one-token step whose keys are all in storage, one pattern for every head, few
-        keys in one arena: gather them and run one fused kernel (a decode step's common case,
-        without the piece planning of the general path). None: take the general path."""
+        """A one-token step whose keys are all in storage, one pattern for every head, a
+        few keys (up to 8x the engine's gather limit): gather them from their arenas and run
+        one fused kernel (a decode step's common case, without the piece planning of the
+        general path). None: take the general path."""
         import torch
 
         from spattn.backends import cpu_decode
 
         if self._groups is None:
             self._groups = cpu_decode.head_groups(self._patterns)
-        if len(self._groups) != 1 or q.device.type != "cpu":
+        if len(self._groups) != 1 or q.device.type != "cpu" or not self._arenas:
             return None
         row, lo, hi = cpu_decode.pattern_rows(self._groups[0][0], n, n - 1, n)
-        if len(hi) and int(hi.max()) > n:  # pragma: no cover - pattern_rows clips to n
-            return None
-        K, V = self._arenas[-1] if len(self._arenas) == 1 else (None, None)
         a, b = np.searchsorted(self._pos, lo), np.searchsorted(self._pos, hi)
         count = int((b - a).sum())
-        if K is None or count == 0 or count > cpu_decode.gather_limit(K):
+        if count == 0 or count > 8 * cpu_decode.gather_limit(self._arenas[0][0]):
             return None
         if not np.array_equal(b - a, hi - lo):  # pragma: no cover - a bug
             raise AssertionError("KVCache: an attended key was evicted")
         u = np.concatenate([np.arange(x, y) for x, y in zip(a.tolist(), b.tolist())]) \
             if len(a) > 1 else np.arange(int(a[0]), int(b[0]))
-        idx = torch.from_numpy(self._slot[u] - self._offsets[0])
+        slots = self._slot[u]
+        arena = self._arena_of(slots) if len(self._arenas) > 1 else np.zeros(len(u), np.int64)
         with cpu_decode.serial(2 * q.numel() * count):
-            kg, vg = K.index_select(2, idx), V.index_select(2, idx)
+            ks, vs = [], []
+            for x in np.unique(arena).tolist():
+                idx = torch.from_numpy(slots[arena == x] - self._offsets[x])
+                K, V = self._arenas[x]
+                ks.append(K.index_select(2, idx))
+                vs.append(V.index_select(2, idx))
+            kg = ks[0] if len(ks) == 1 else torch.cat(ks, 2)  # key order is immaterial
+            vg = vs[0] if len(vs) == 1 else torch.cat(vs, 2)
             return torch.nn.functional.scaled_dot_product_attention(
                 q, kg, vg, scale=scale, enable_gqa=kg.shape[1] != q.shape[1]).to(q.dtype)
 
