@@ -266,13 +266,17 @@ def gathered(plan: list[Piece]) -> int:
     return sum(p.hi - p.lo for p in plan if p.idx is not None)
 
 
+def gather(xs, idx) -> torch.Tensor:
+    """The keys (or values) at ``idx``, pairs ``(source, slots)``, of the sources ``xs``
+    (B, h, S, D), side by side."""
+    parts = [xs[s].index_select(2, i.to(xs[s].device)) for s, i in idx]
+    return parts[0] if len(parts) == 1 else torch.cat(parts, 2)
+
+
 def piece_keys(p: Piece, xs) -> torch.Tensor:
     """The keys (or values) of a piece from the sources ``xs`` (B, h, S, D): a view of one
     source, or the gathered keys."""
-    if p.idx is None:
-        return xs[p.src][:, :, p.lo:p.hi]
-    parts = [xs[s].index_select(2, i.to(xs[s].device)) for s, i in p.idx]
-    return parts[0] if len(parts) == 1 else torch.cat(parts, 2)
+    return xs[p.src][:, :, p.lo:p.hi] if p.idx is None else gather(xs, p.idx)
 
 
 @contextlib.contextmanager

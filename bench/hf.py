@@ -53,6 +53,7 @@ from _common import header, table  # noqa: E402
 
 import spattn  # noqa: E402
 import spattn.hf  # noqa: E402
+from spattn import guard  # noqa: E402
 
 PATTERN = "local(64) | global([0, -1])"
 WINDOW = 64  #: local(64): |i - j| <= 64
@@ -121,17 +122,6 @@ def dense_mask(mod, n: int) -> torch.Tensor:
 
 
 # -- memory ----------------------------------------------------------------------------------
-
-def mem_available() -> int:
-    try:
-        with open("/proc/meminfo") as f:
-            for line in f:
-                if line.startswith("MemAvailable:"):
-                    return int(line.split()[1]) * 1024
-    except OSError:
-        pass
-    return 1 << 62
-
 
 def mem_needed(n: int) -> int:
     """A generous estimate of one forward's peak at length n (float32 activations of a
@@ -287,7 +277,7 @@ def main(argv=None) -> int:
 
     results: dict[int, list[dict]] = {}
     for n in args.lengths:
-        need, have = mem_needed(n), mem_available()
+        need, have = mem_needed(n), guard.available()
         if need > have:
             print(f"n={n:,}: skipped, needs ~{need / 2**30:.1f} GiB, "
                   f"{have / 2**30:.1f} GiB available")

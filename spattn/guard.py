@@ -17,7 +17,8 @@ from .errors import ResourceError
 _budget: int | None = None
 
 
-def _available() -> int:
+def available() -> int:
+    """Bytes of memory available (MemAvailable on Linux; 8 GiB where it cannot be read)."""
     try:
         with open("/proc/meminfo") as f:
             for line in f:
@@ -41,7 +42,7 @@ def memory_budget() -> int:
     global _budget
     if _budget is None:
         env = os.environ.get("SPATTN_MEMORY_BUDGET")
-        _budget = _parse_bytes(env) if env else _available() // 2
+        _budget = _parse_bytes(env) if env else available() // 2
     return _budget
 
 

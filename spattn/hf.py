@@ -26,7 +26,7 @@ from typing import Any
 
 from . import hf_mask
 from .errors import SpattnError
-from .hf_cache import PatternCache, pending
+from .hf_cache import PatternCache, num_layers, pending, text_config
 from .pattern import Pattern, compile
 
 __all__ = ["use", "PatternCache", "attention_forward", "NAME"]
@@ -40,11 +40,6 @@ def _register() -> None:
 
     AttentionInterface.register(NAME, attention_forward)
     AttentionMaskInterface.register(NAME, hf_mask.mask_function)
-
-
-def _text_config(model):
-    c = model.config
-    return c.get_text_config() if hasattr(c, "get_text_config") else c
 
 
 def _entry(x: Any, where: str):
@@ -62,9 +57,7 @@ def _entry(x: Any, where: str):
 
 def layer_patterns(patterns: Any, config) -> list:
     """Each layer's patterns (a Pattern, or a tuple per head) from what :func:`use` takes."""
-    L = getattr(config, "num_hidden_layers", None)
-    if not isinstance(L, int) or L < 1:
-        raise SpattnError(f"cannot tell the model's layer count (num_hidden_layers = {L!r})")
+    L = num_layers(config)
     from .config import Config
 
     if isinstance(patterns, Config):  # spattn.load()ed
@@ -111,7 +104,7 @@ def layer_patterns(patterns: Any, config) -> list:
 def use(model, patterns: Any):
     """Switch ``model`` to spattn's attention with ``patterns`` (see the module docstring);
     returns the model. ``model.set_attn_implementation("sdpa")`` switches back."""
-    config = _text_config(model)
+    config = text_config(model)
     per = layer_patterns(patterns, config)
     H = getattr(config, "num_attention_heads", None)
     for i, p in enumerate(per):
@@ -136,13 +129,15 @@ def use(model, patterns: Any):
 
 
 @functools.lru_cache(maxsize=1024)
-def _effective(patterns: tuple, structure: str) -> tuple:
+def _effective(spec, H: int, structure: str) -> tuple:
+    """A layer's per-head effective patterns: its patterns (one, or a tuple per head) on top
+    of the model's structure (each distinct pattern intersected once)."""
+    from .api import resolve_patterns
+
     s = compile(structure)
-    made: dict = {}
-    for p in patterns:
-        if p not in made:
-            made[p] = p if structure == "full" else p & s
-    return tuple(made[p] for p in patterns)
+    pats = resolve_patterns(list(spec) if isinstance(spec, tuple) else spec, H)
+    made = {p: p if structure == "full" else p & s for p in dict.fromkeys(pats)}
+    return tuple(made[p] for p in pats)
 
 
 def _structure(kind: str, window: int | None) -> str:
@@ -185,11 +180,7 @@ def attention_forward(module, query, key, value, attention_mask, dropout: float 
     causal = is_causal if is_causal is not None else getattr(module, "is_causal", True)
     kind = "causal" if causal else "full"
     mask.check_structure(kind, sliding_window, where)
-    H = query.shape[1]
-    from .api import resolve_patterns
-
-    pats = resolve_patterns(list(spec) if isinstance(spec, tuple) else spec, H)
-    eff = _effective(pats, _structure(kind, sliding_window))
+    eff = _effective(spec, query.shape[1], _structure(kind, sliding_window))
     scale = scaling if scaling is not None else query.shape[-1] ** -0.5
     layer = pending(key)
     if layer is not None:
@@ -204,35 +195,26 @@ def attend(q, k, v, patterns: tuple, mask: hf_mask.ModelMask, scale: float):
     under the per-head ``patterns``, in each row's real-token positions."""
     from .api import attention
 
-    B, H, t, D = q.shape
+    t = q.shape[2]
     if mask.q_length != t or k.shape[2] < mask.kv_length:
         raise SpattnError(f"the mask describes {mask.q_length} queries over {mask.kv_length} "
                           f"keys; the attention call got {t} queries and {k.shape[2]} keys")
-    groups: dict[tuple[int, int], list[int]] = {}
-    for b, r in enumerate(mask.row_runs()):
-        groups.setdefault(r, []).append(b)
-    out = None
-    for (a, e), rows in groups.items():
+    parts = []
+    for (a, e), rows in mask.groups().items():
         q0, k0 = max(mask.q_offset, a), max(mask.kv_offset, a)
         if q0 >= e:
             continue
-        n, start = e - a, k0 - a
-        sel = slice(rows[0], rows[-1] + 1) if rows == list(range(rows[0], rows[-1] + 1)) \
-            else rows
+        sel = hf_mask.batch_index(rows, q.device)
         s0, s1 = q0 - mask.q_offset, e - mask.q_offset
         qg = q[sel][:, :, s0:s1]
         kg = k[sel][:, :, k0 - mask.kv_offset:e - mask.kv_offset]
         vg = v[sel][:, :, k0 - mask.kv_offset:e - mask.kv_offset]
-        if start == 0:
+        if k0 == a:  # every key of the run is here
             o = attention(qg, kg, vg, list(patterns), scale=scale)
         else:
-            o = held_attention(qg, kg, vg, patterns, n, start, scale)
-        if out is None and len(rows) == B and (s0, s1) == (0, t):
-            return o
-        if out is None:
-            out = q.new_zeros(B, H, t, v.shape[-1])
-        out[sel, :, s0:s1] = o
-    return out if out is not None else q.new_zeros(B, H, t, v.shape[-1])
+            o = held_attention(qg, kg, vg, patterns, e - a, k0 - a, scale)
+        parts.append((sel, s0, s1, o))
+    return hf_mask.assemble(parts, q, v)
 
 
 def held_attention(q, k, v, patterns: tuple, n: int, start: int, scale: float):

@@ -23,6 +23,7 @@ import torch
 from transformers.cache_utils import Cache, CacheLayerMixin
 
 from .errors import SpattnError
+from .hf_mask import assemble, batch_index
 from .kvcache import KVCache
 
 #: id of a pending key tensor -> the layer that holds it (the layer keeps the tensor alive,
@@ -106,19 +107,19 @@ class PatternLayer(CacheLayerMixin):
         plus ``k, v`` (the pending keys), which are appended."""
         _PENDING.pop(id(k), None)
         self.pending = None
-        B, H, t, D = q.shape
+        t = q.shape[2]
         if mask.q_offset + t != self.length:
             raise SpattnError(f"PatternCache layer {self.index} holds {self.length - t} "
                               f"positions but the model placed {t} queries at position "
                               f"{mask.q_offset}; was this cache used with another input?")
         runs = mask.row_runs()
         if self.groups is None:
-            self._start(runs, patterns)
+            self._start(mask, patterns)
         elif patterns != self.patterns:
             raise SpattnError(f"PatternCache layer {self.index} was filled with pattern "
                               f"{self.patterns[0]!s} but is now asked for "
                               f"{patterns[0]!s}: start a new PatternCache after spattn.hf.use")
-        out = None
+        parts = []
         for g in self.groups:
             a, e = runs[g.rows[0]]
             if any(runs[r] != (a, e) for r in g.rows) or (g.cache.length and a != g.first):
@@ -132,24 +133,16 @@ class PatternLayer(CacheLayerMixin):
                 raise SpattnError(f"PatternCache layer {self.index}: batch rows {g.rows} hold "
                                   f"{g.cache.length} real tokens but the next real token is "
                                   f"number {q0 - a} (padding between real tokens)")
-            sel = _rows(g.rows, B, q.device)
+            sel = batch_index(g.rows, q.device)
             s0, s1 = q0 - mask.q_offset, e - mask.q_offset
-            o = g.cache.attend(q[sel][:, :, s0:s1], k[sel][:, :, s0:s1], v[sel][:, :, s0:s1],
-                               scale=scale)
-            if out is None and len(g.rows) == B and (s0, s1) == (0, t):
-                return o
-            if out is None:
-                out = q.new_zeros(B, H, t, v.shape[-1])
-            out[sel, :, s0:s1] = o
-        return out if out is not None else q.new_zeros(B, H, t, v.shape[-1])
+            parts.append((sel, s0, s1, g.cache.attend(
+                q[sel][:, :, s0:s1], k[sel][:, :, s0:s1], v[sel][:, :, s0:s1], scale=scale)))
+        return assemble(parts, q, v)
 
-    def _start(self, runs, patterns: tuple) -> None:
+    def _start(self, mask, patterns: tuple) -> None:
         self.patterns = patterns
-        self.batch = len(runs)
-        by: dict[tuple[int, int], list[int]] = {}
-        for b, r in enumerate(runs):
-            by.setdefault(r, []).append(b)
-        self.groups = [_Group(rows, r[0], patterns) for r, rows in by.items()]
+        self.batch = mask.batch
+        self.groups = [_Group(rows, r[0], patterns) for r, rows in mask.groups().items()]
 
     # -- what generate() may ask of a cache
 
@@ -191,20 +184,19 @@ class PatternLayer(CacheLayerMixin):
         self.length, self.groups, self.patterns, self.pending, self.batch = 0, None, None, None, 0
 
 
-def _rows(rows: list[int], B: int, device):
-    """An index for ``rows`` of a batch of B: a slice when they are consecutive."""
-    if rows == list(range(rows[0], rows[-1] + 1)):
-        return slice(rows[0], rows[-1] + 1)
-    return torch.tensor(rows, device=device)
+def text_config(model):
+    """The config that describes a model's decoder layers (the text part of a multimodal
+    model)."""
+    c = model.config
+    return c.get_text_config() if hasattr(c, "get_text_config") else c
 
 
-def _layers_of(model) -> int:
-    config = model.config.get_text_config() if hasattr(model.config, "get_text_config") \
-        else model.config
+def num_layers(config) -> int:
+    """``config.num_hidden_layers``, checked."""
     n = getattr(config, "num_hidden_layers", None)
-    if not isinstance(n, int) or n < 1:
-        raise SpattnError(f"PatternCache cannot tell how many layers {type(model).__name__} "
-                          f"has (config.num_hidden_layers = {n!r})")
+    if not isinstance(n, int) or isinstance(n, bool) or n < 1:
+        raise SpattnError(f"cannot tell the model's layer count (config.num_hidden_layers = "
+                          f"{n!r})")
     return n
 
 
@@ -218,7 +210,7 @@ class PatternCache(Cache):
         if impl != "spattn":
             raise SpattnError(f"PatternCache needs a model on spattn's attention (it runs "
                               f"{impl!r}); call spattn.hf.use(model, patterns) first")
-        super().__init__(layers=[PatternLayer(i) for i in range(_layers_of(model))])
+        super().__init__(layers=[PatternLayer(i) for i in range(num_layers(text_config(model)))])
 
     @property
     def held(self) -> list[int]:

@@ -17,7 +17,7 @@ with padding between real tokens (right-padded prompts that then generate) is re
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
@@ -46,6 +46,7 @@ class ModelMask:
     batch: int
     runs: tuple[tuple[int, int], ...] | None
     probe: dict[int, tuple[tuple[int, int] | None, ...]] | None
+    checked: set = field(default_factory=set, repr=False)  #: structures already checked
 
     #: transformers treats a mask with four dimensions as already prepared (generate builds
     #: masks ahead for static caches and passes them back in): it reaches
@@ -70,8 +71,8 @@ class ModelMask:
     def check_structure(self, kind: str, window: int | None, where: str) -> None:
         """Raise unless every probed row of the model's mask equals ``kind`` ("causal" or
         "full") cut to the last ``window`` keys (None: no window), over the call's keys."""
-        if not self.probe:
-            return
+        if not self.probe or (kind, window) in self.checked:
+            return  # every layer of a forward shares the mask: check each structure once
         k0, k1 = self.kv_offset, self.kv_offset + self.kv_length
         for P, per_row in self.probe.items():
             if kind == "causal":
@@ -92,6 +93,14 @@ class ModelMask:
                         f"applies under its pattern; spattn reproduces causal, sliding-window "
                         f"and bidirectional masks with padding (packed sequences, chunked "
                         f"attention and custom mask overlays are not supported yet)")
+        self.checked.add((kind, window))
+
+    def groups(self) -> dict[tuple[int, int], list[int]]:
+        """Batch rows by their real run (rows with the same padding share backend calls)."""
+        out: dict[tuple[int, int], list[int]] = {}
+        for b, r in enumerate(self.row_runs()):
+            out.setdefault(r, []).append(b)
+        return out
 
 
 def _describe(kind: str, window: int | None) -> str:
@@ -184,6 +193,30 @@ def mask_function(batch_size: int, q_length: int, kv_length: int, q_offset: Any 
     rows = sorted(set(list(span[::step])[:PROBE_ROWS - 1] + [end - 1]))
     probe = _probe(mask_function, batch_size, rows, kv_offset, kv_offset + kv_length, device)
     return ModelMask(q_offset, q_length, kv_offset, kv_length, batch_size, runs, probe)
+
+
+def batch_index(rows: list[int], device):
+    """An index for batch ``rows``: a slice (a view) when they are consecutive."""
+    if rows == list(range(rows[0], rows[-1] + 1)):
+        return slice(rows[0], rows[-1] + 1)
+    import torch
+
+    return torch.tensor(rows, device=device)
+
+
+def assemble(parts, q, v):
+    """The (B, H, t, D_v) output from ``parts``, each ``(rows, s0, s1, out)``: ``out`` holds
+    query rows s0..s1-1 of batch ``rows`` (a :func:`batch_index`); zeros elsewhere (padding
+    queries). One part covering everything is returned as is."""
+    B, H, t = q.shape[:3]
+    if len(parts) == 1:
+        rows, s0, s1, o = parts[0]
+        if isinstance(rows, slice) and rows == slice(0, B) and (s0, s1) == (0, t):
+            return o
+    out = q.new_zeros(B, H, t, v.shape[-1])
+    for rows, s0, s1, o in parts:
+        out[rows, :, s0:s1] = o
+    return out
 
 
 def default_mask(q, k) -> ModelMask:

@@ -135,8 +135,7 @@ class KVCache:
         B, H, t, D = q.shape
         scale = _check_scale(scale, D)
         if self._patterns is None or len(self._patterns) != H:
-            self._patterns = resolve_patterns(self._spec, H)
-            self._groups = None
+            self._resolve(H)
         L, n = self.length, self.length + t
         last = self._last_of(L, n)
         grad = torch.is_grad_enabled() and any(x.requires_grad for x in (q, k, v))
@@ -168,13 +167,19 @@ class KVCache:
 
         self._check_inputs(k, k, v)
         if self._patterns is None:  # query heads unknown here: per-head lists give them
-            H = len(self._spec) if isinstance(self._spec, list) else k.shape[1]
-            self._patterns = resolve_patterns(self._spec, H)
+            self._resolve(len(self._spec) if isinstance(self._spec, list) else k.shape[1])
         L, n = self.length, self.length + k.shape[2]
         with torch.no_grad():
             self._evict(n)
             self._store(k, v, L, n, self._last_of(L, n))
         self.length = n
+
+    def _resolve(self, H: int) -> None:
+        """The per-head patterns for H query heads, and their head groups."""
+        from spattn.backends import cpu_decode
+
+        self._patterns = resolve_patterns(self._spec, H)
+        self._groups = cpu_decode.head_groups(self._patterns)
 
     def select_batch(self, index) -> None:
         """Keep batch rows ``index`` (a sequence of row numbers, repeats allowed): row i
@@ -235,8 +240,6 @@ class KVCache:
 
         from spattn.backends import cpu_decode
 
-        if self._groups is None:
-            self._groups = cpu_decode.head_groups(self._patterns)
         if len(self._groups) != 1 or q.device.type != "cpu" or not self._arenas:
             return None
         row, lo, hi = cpu_decode.pattern_rows(self._groups[0][0], n, n - 1, n)
@@ -246,19 +249,15 @@ class KVCache:
             return None
         if not np.array_equal(b - a, hi - lo):  # pragma: no cover - a bug
             raise AssertionError("KVCache: an attended key was evicted")
-        u = np.concatenate([np.arange(x, y) for x, y in zip(a.tolist(), b.tolist())]) \
-            if len(a) > 1 else np.arange(int(a[0]), int(b[0]))
+        size = b - a  # held keys a[i] .. b[i] - 1 of each interval, as one index array
+        u = np.repeat(a - (np.cumsum(size) - size), size) + np.arange(count)
         slots = self._slot[u]
-        arena = self._arena_of(slots) if len(self._arenas) > 1 else np.zeros(len(u), np.int64)
+        arena = self._arena_of(slots)
+        idx = [(x, torch.from_numpy(slots[arena == x] - self._offsets[x]))
+               for x in np.unique(arena).tolist()]  # key order is immaterial
         with cpu_decode.serial(2 * q.numel() * count):
-            ks, vs = [], []
-            for x in np.unique(arena).tolist():
-                idx = torch.from_numpy(slots[arena == x] - self._offsets[x])
-                K, V = self._arenas[x]
-                ks.append(K.index_select(2, idx))
-                vs.append(V.index_select(2, idx))
-            kg = ks[0] if len(ks) == 1 else torch.cat(ks, 2)  # key order is immaterial
-            vg = vs[0] if len(vs) == 1 else torch.cat(vs, 2)
+            kg = cpu_decode.gather([K for K, _ in self._arenas], idx)
+            vg = cpu_decode.gather([V for _, V in self._arenas], idx)
             return torch.nn.functional.scaled_dot_product_attention(
                 q, kg, vg, scale=scale, enable_gqa=kg.shape[1] != q.shape[1]).to(q.dtype)
 
@@ -274,8 +273,6 @@ class KVCache:
         # the arenas are rewritten by this call's append: a graph must keep its own copy
         ks = [a[0].clone() if grad else a[0] for a in self._arenas] + [k]
         vs = [a[1].clone() if grad else a[1] for a in self._arenas] + [v]
-        if self._groups is None:
-            self._groups = cpu_decode.head_groups(self._patterns)
 
         def check(p, row, lo, hi):
             if len(lo) and (hi > row + 1).any():

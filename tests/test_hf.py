@@ -26,42 +26,36 @@ from transformers import AttentionInterface  # noqa: E402
 V = 97  # vocabulary
 
 
-def llama(layers=2, heads=4, kv_heads=2, seed=0):
+def tiny(config_cls, model_cls, seed=0, **kw):
+    """A tiny random-init float64 causal LM: 2 layers, 4 query heads, 2 key/value heads
+    unless ``kw`` says otherwise."""
     torch.manual_seed(seed)
-    cfg = transformers.LlamaConfig(vocab_size=V, hidden_size=64, intermediate_size=96,
-                                   num_hidden_layers=layers, num_attention_heads=heads,
-                                   num_key_value_heads=kv_heads, max_position_embeddings=1024)
-    return transformers.LlamaForCausalLM(cfg).double().eval()
+    cfg = config_cls(**{"vocab_size": V, "hidden_size": 64, "intermediate_size": 96,
+                        "num_hidden_layers": 2, "num_attention_heads": 4,
+                        "num_key_value_heads": 2, "max_position_embeddings": 1024, **kw})
+    return model_cls(cfg).double().eval()
+
+
+def llama(layers=2, heads=4, kv_heads=2, seed=0):
+    return tiny(transformers.LlamaConfig, transformers.LlamaForCausalLM, seed,
+                num_hidden_layers=layers, num_attention_heads=heads, num_key_value_heads=kv_heads)
 
 
 def mistral(window=6, seed=0):
-    torch.manual_seed(seed)
-    cfg = transformers.MistralConfig(vocab_size=V, hidden_size=64, intermediate_size=96,
-                                     num_hidden_layers=2, num_attention_heads=4,
-                                     num_key_value_heads=2, sliding_window=window,
-                                     max_position_embeddings=1024)
-    return transformers.MistralForCausalLM(cfg).double().eval()
+    return tiny(transformers.MistralConfig, transformers.MistralForCausalLM, seed,
+                sliding_window=window)
 
 
 def qwen2(seed=0):
-    torch.manual_seed(seed)
-    cfg = transformers.Qwen2Config(vocab_size=V, hidden_size=64, intermediate_size=96,
-                                   num_hidden_layers=3, num_attention_heads=4,
-                                   num_key_value_heads=1, use_sliding_window=True,
-                                   sliding_window=5, max_window_layers=1,
-                                   max_position_embeddings=1024)
-    return transformers.Qwen2ForCausalLM(cfg).double().eval()
+    return tiny(transformers.Qwen2Config, transformers.Qwen2ForCausalLM, seed,
+                num_hidden_layers=3, num_key_value_heads=1, use_sliding_window=True,
+                sliding_window=5, max_window_layers=1)
 
 
 def gemma3(seed=0):
-    torch.manual_seed(seed)
-    cfg = transformers.Gemma3TextConfig(vocab_size=V, hidden_size=64, intermediate_size=96,
-                                        num_hidden_layers=3, num_attention_heads=4,
-                                        num_key_value_heads=2, head_dim=16, sliding_window=5,
-                                        layer_types=["sliding_attention", "sliding_attention",
-                                                     "full_attention"],
-                                        max_position_embeddings=1024)
-    return transformers.Gemma3ForCausalLM(cfg).double().eval()
+    return tiny(transformers.Gemma3TextConfig, transformers.Gemma3ForCausalLM, seed,
+                num_hidden_layers=3, head_dim=16, sliding_window=5,
+                layer_types=["sliding_attention", "sliding_attention", "full_attention"])
 
 
 _LLAMA = llama()  # shared by the hypothesis test (switched to spattn in each example)
