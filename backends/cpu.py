@@ -55,9 +55,11 @@ PLANS: LRUCache[tuple, Plan] = LRUCache("cpu plans", _CACHE_ENTRIES, _CACHE_BYTE
                                         sizeof=plan_bytes)
 
 
-def get_plan(pattern: Any, n: int, m: int) -> Plan:
-    """The cached execution plan of ``pattern`` (a :class:`spattn.Pattern`) at (n, m)."""
-    return PLANS.get_or_create((pattern, n, m), lambda: build_plan(pattern.node, n, m))
+def get_plan(pattern: Any, n: int, m: int, docs: Any = None) -> Plan:
+    """The cached execution plan of ``pattern`` (a :class:`spattn.Pattern`) at (n, m), or
+    over the packed documents ``docs`` (m = n = N)."""
+    return PLANS.get_or_create((pattern, n, m, docs),
+                               lambda: build_plan(pattern.node, n, m, docs=docs))
 
 
 # ---------------------------------------------------------------------------------------------
@@ -475,6 +477,7 @@ class CPUBackend:
     """Exact sparse attention on CPU tensors (see the module docstring)."""
 
     name = "cpu"
+    supports_documents = True  #: plans packed sequences itself (``documents=``)
 
     def is_available(self) -> bool:
         return True
@@ -483,20 +486,26 @@ class CPUBackend:
         return (isinstance(q, torch.Tensor) and q.device.type == "cpu"
                 and q.dtype in _DTYPES)
 
-    def plan(self, pattern: Any, n: int, m: int | None = None) -> Plan:
+    def plan(self, pattern: Any, n: Any, m: int | None = None) -> Plan:
         """The cached plan of ``pattern`` (a :class:`spattn.Pattern`; compile text with
-        :func:`spattn.compile`) with n keys and m queries (default n)."""
+        :func:`spattn.compile`) with n keys and m queries (default n); ``n`` may be a
+        :class:`spattn.Documents` (a packed sequence, every position a query)."""
+        from spattn.documents import Documents
+
         from spattn.checks import check_n, query_count
         from spattn.pattern import Pattern
 
         if not isinstance(pattern, Pattern):
             raise SpattnError(f"CPUBackend.plan takes a spattn.Pattern, got "
                               f"{type(pattern).__name__}; use spattn.compile(text)")
+        if isinstance(n, Documents):
+            return get_plan(pattern, n.total, n.total, n)
         n = check_n(n)
         return get_plan(pattern, n, query_count(m, n))
 
-    def plans(self, q, k, patterns) -> tuple[Plan, ...]:
-        """One cached plan per head for these tensors (validated, budget checked)."""
+    def plans(self, q, k, patterns, docs: Any = None) -> tuple[Plan, ...]:
+        """One cached plan per head for these tensors (validated, budget checked), over the
+        packed documents ``docs`` when given."""
         guard.tune_malloc()
         if not self.supports(q):
             raise ShapeError(f"the cpu backend runs CPU tensors of dtype float16, bfloat16, "
@@ -511,17 +520,21 @@ class CPUBackend:
                     f"sparse attention workspace for B={B}, H={H}, m={m}, n={n}, D={D}",
                     "use smaller tensors")
         cache: dict[Any, Plan] = {}
-        plans = tuple(cache[p] if p in cache else cache.setdefault(p, get_plan(p, n, m))
+        plans = tuple(cache[p] if p in cache else cache.setdefault(p, get_plan(p, n, m, docs))
                       for p in patterns)
         return plans
 
-    def attention(self, q, k, v, patterns, scale):
+    def attention(self, q, k, v, patterns, scale, documents: Any = None):
         """Differentiable sparse attention (first and higher derivatives). With at most
         :data:`~spattn.backends.cpu_decode.MAX_M` queries (decoding) only the keys the rows
-        attend are read (:mod:`.cpu_decode`), in place where they are runs."""
-        if q.shape[2] <= cpu_decode.MAX_M and self.supports(q):
+        attend are read (:mod:`.cpu_decode`), in place where they are runs. With
+        ``documents`` (a :class:`spattn.Documents`, m = n = N) the packed sequence is
+        planned as one pattern: tiles run across documents, one batched call per tile
+        shape whatever the number of documents."""
+        if documents is None and q.shape[2] <= cpu_decode.MAX_M and self.supports(q):
             return few_queries(q, k, v, patterns, scale)
-        return _SparseAttention.apply(q, k, v, self.plans(q, k, patterns), float(scale))
+        return _SparseAttention.apply(q, k, v, self.plans(q, k, patterns, documents),
+                                      float(scale))
 
     def forward_lse(self, q, k, v, patterns, scale):
         """``(out, lse)`` in the compute dtype, no autograd (the ``spattn::attention`` op)."""

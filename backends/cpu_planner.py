@@ -40,9 +40,10 @@ from __future__ import annotations
 import numpy as np
 import torch
 
-from spattn import guard, ir
+from spattn import guard, ir, packed
 from spattn.bind import bind
 from spattn.checks import check_n
+from spattn.documents import Documents
 from spattn.lower import row_intervals
 
 from .cpu_plan import Component, Group, Plan, Segment, Strides
@@ -438,21 +439,30 @@ def _split_band(iv: _Iv, band: tuple[int, int], off: int) -> tuple[_Iv, _Iv]:
 
 
 def build_plan(node: ir.Node, n: int, m: int, D: int = 64, *, tiling: tuple | None = None,
-               bitmap: bool | None = None) -> Plan:
+               bitmap: bool | None = None, docs: Documents | None = None) -> Plan:
     """Plan attention for pattern ``node`` with ``n`` keys and the last ``m`` rows as queries.
-    ``tiling`` = (order, s, rows per tile) and ``bitmap`` (union tile keys by bitmap or by
-    sorting) override the cost model's choices for every component (for tests)."""
+    With ``docs`` (m = n = ``docs.total``) the pattern is planned over the packed sequence:
+    the packed intervals are tiled as one pattern, so tiles run across document boundaries
+    and short documents share batched calls. ``tiling`` = (order, s, rows per tile) and
+    ``bitmap`` (union tile keys by bitmap or by sorting) override the cost model's choices
+    for every component (for tests)."""
     import time
 
     t0 = time.perf_counter()
     n = check_n(n)
     off = n - m
     hint = "use a sparser pattern, a smaller n or fewer queries"
-    est = max(1.0, bind(node, n).est)  # before lowering: the query rows' intervals
-    guard.check(m * est * 96.0, f"planning sparse attention at n = {n:,} ({m:,} query rows "
-                f"× ~{est:,.0f} intervals)", hint)
-    chunks = [(row - off, lo, hi) for _, _, row, lo, hi in row_intervals(node, n, off, n)]
-    allv = _Iv(*(np.concatenate([c[k] for c in chunks]).astype(np.int64) for k in range(3)))
+    if docs is not None:
+        allv = _Iv(*packed.row_intervals(node, docs))
+        periods = _periods(node, packed.main_length(docs))
+    else:
+        est = max(1.0, bind(node, n).est)  # before lowering: the query rows' intervals
+        guard.check(m * est * 96.0, f"planning sparse attention at n = {n:,} ({m:,} query "
+                    f"rows × ~{est:,.0f} intervals)", hint)
+        chunks = [(row - off, lo, hi) for _, _, row, lo, hi in row_intervals(node, n, off, n)]
+        allv = _Iv(*(np.concatenate([c[k] for c in chunks]).astype(np.int64)
+                     for k in range(3)))
+        periods = _periods(node, n)
     allv = allv.sub(allv.lo < allv.hi)
     deg = allv.degrees(m)
     nnz = int(deg.sum())
@@ -461,7 +471,6 @@ def build_plan(node: ir.Node, n: int, m: int, D: int = 64, *, tiling: tuple | No
         return Plan(n, m, 0, [], empty, time.perf_counter() - t0)
     # before tiling: key slots (int64), masks (float32) and planning work arrays per pair
     guard.check(nnz * 32.0, f"a CPU attention plan of {nnz:,} pairs at n = {n:,}", hint)
-    periods = _periods(node, n)
     nat = [("natural", 1)]
     mods = [("mod", s) for s in periods]
     comps: list[tuple[str, _Iv, list, bool]] = []

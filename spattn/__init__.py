@@ -8,6 +8,7 @@ and run attention with it on CPU or GPU. See the README for the language referen
 from __future__ import annotations
 
 from .api import attention
+from .documents import Documents, documents
 from .errors import (
     ConfigError,
     LoweringError,
@@ -23,7 +24,7 @@ from .pattern import Pattern, compile
 __version__ = "0.1.0"
 
 __all__ = [
-    "Pattern", "compile", "attention", "load", "Stats", "BlockLayout", "SpattnError",
+    "Pattern", "compile", "attention", "documents", "Documents", "load", "Stats", "BlockLayout", "SpattnError",
     "PatternSyntaxError", "PatternNameError", "LoweringError", "ResourceError", "ShapeError",
     "ConfigError", "memory_budget", "set_memory_budget", "nn", "config", "KVCache",
     "__version__",

@@ -119,7 +119,8 @@ def _no_queries(q, k, v):
     return q * 0 + ((k.sum() + v.sum()) * 0).to(q.dtype)
 
 
-def attention(q, k, v, pattern, *, backend: str = "auto", scale: float | None = None):
+def attention(q, k, v, pattern, *, backend: str = "auto", scale: float | None = None,
+              documents: Any = None):
     """Sparse attention of ``q`` over ``k, v`` restricted to ``pattern``.
 
     ``q``: (B, H, m, D); ``k``, ``v``: (B, H_kv, n, D) with m <= n and H_kv dividing H
@@ -131,6 +132,11 @@ def attention(q, k, v, pattern, *, backend: str = "auto", scale: float | None = 
     and reference backends to any order). A query with no key gets a zero output and zero
     gradients; m = 0 queries give an empty output. Under ``torch.compile`` the built-in
     backends run as one opaque operator (:mod:`spattn.ops`).
+
+    ``documents`` (a :class:`spattn.Documents` or a list of lengths summing to N): a packed
+    batch, m = n = N, the same document layout in every batch row. The pattern applies inside
+    each document at that document's length, positions counted from its first token, and no
+    pair crosses documents: the result equals attention on each document alone.
     """
     import torch
 
@@ -144,6 +150,8 @@ def attention(q, k, v, pattern, *, backend: str = "auto", scale: float | None = 
     scale = check_scale(scale, D)
     if not isinstance(backend, str):
         raise SpattnError(f"backend must be a name, got {backend!r}")
+    if documents is not None:
+        return _packed(q, k, v, pattern, backend, scale, documents)
     if m == 0:
         resolve_patterns(pattern, H)
         return _no_queries(q, k, v)
@@ -159,6 +167,57 @@ def attention(q, k, v, pattern, *, backend: str = "auto", scale: float | None = 
     if b.name not in _NATIVE_GQA:
         k, v = _expand_kv(k, v, H)
     return b.attention(q, k, v, pats, scale)
+
+
+def _packed(q, k, v, pattern, backend: str, scale: float, documents: Any):
+    """:func:`attention` over packed documents: backends that plan packed sequences
+    (``supports_documents``) get the documents; others run once per length class, the
+    documents of one length batched (at most ``sqrt(2 N)`` calls)."""
+    from spattn import backends
+
+    from .documents import as_documents
+
+    m, n = q.shape[2], k.shape[2]
+    if m != n:
+        raise ShapeError(f"attention over documents needs every position as a query (m = n);"
+                         f" got m = {m} queries and n = {n} keys")
+    docs = as_documents(documents, n)
+    H = q.shape[1]
+    pats = resolve_patterns(pattern, H)
+    b = backends.select(backend, q)
+    if getattr(b, "supports_documents", False):
+        return b.attention(q, k, v, pats, scale, documents=docs)
+    if b.name not in _NATIVE_GQA:
+        k, v = _expand_kv(k, v, H)
+    return by_length(q, k, v, docs, lambda qq, kk, vv: b.attention(qq, kk, vv, pats, scale))
+
+
+def by_length(q, k, v, docs, run):
+    """Packed attention as one ``run(q, k, v)`` per length class: the documents of one
+    length gathered into the batch dimension, results put back in place (differentiable)."""
+    import numpy as np
+    import torch
+
+    from .packed import class_positions
+
+    B, H, N, D = q.shape
+    outs, where = [], []
+    for L, idx in docs.classes:
+        pos = torch.from_numpy(class_positions(docs, idx, L)).to(q.device)
+        c = len(idx)
+
+        def take(x, pos=pos, c=c, L=L):
+            h = x.shape[1]
+            y = x.index_select(2, pos).view(B, h, c, L, D).transpose(1, 2)
+            return y.reshape(B * c, h, L, D)
+
+        o = run(take(q), take(k), take(v))
+        outs.append(o.view(B, c, H, L, D).transpose(1, 2).reshape(B, H, c * L, D))
+        where.append(pos)
+    if len(outs) == 1:  # one length: the documents are already in sequence order
+        return outs[0]
+    inv = np.argsort(torch.cat(where).cpu().numpy())
+    return torch.cat(outs, 2).index_select(2, torch.from_numpy(inv).to(q.device))
 
 
 def _expand_kv(k, v, H: int):

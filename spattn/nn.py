@@ -197,7 +197,7 @@ class SparseAttention(nn.Module):
         return x, unbatched
 
     def _attend(self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor,
-                cache: Any = None) -> torch.Tensor:
+                cache: Any = None, documents: Any = None) -> torch.Tensor:
         B, L, _ = q.shape
         H, D = self.num_heads, self.head_dim
 
@@ -208,7 +208,7 @@ class SparseAttention(nn.Module):
             o = cache.attend(heads(q), heads(k), heads(v), scale=self.scale)
         else:
             o = attention(heads(q), heads(k), heads(v), list(self.patterns),
-                          backend=self.backend, scale=self.scale)
+                          backend=self.backend, scale=self.scale, documents=documents)
         return o.transpose(1, 2).reshape(B, L, H * D)
 
     def new_cache(self):
@@ -218,13 +218,19 @@ class SparseAttention(nn.Module):
         return KVCache(list(self.patterns))
 
     def forward(self, x: torch.Tensor, key_padding_mask: torch.Tensor | None = None, *,
-                cache: Any = None) -> torch.Tensor:
+                cache: Any = None, documents: Any = None) -> torch.Tensor:
         """Self-attention over ``x`` ((B, L, E), or (L, B, E) when ``batch_first=False``, or
         unbatched (L, E)). ``key_padding_mask``: bool (B, L), True marks padding tokens.
         ``cache``: a :class:`spattn.KVCache` (from :meth:`new_cache`) when ``x`` holds the
         next positions of a sequence being decoded; they attend every position the cache has
-        seen. Returns a tensor shaped like ``x``."""
+        seen. ``documents`` (a :class:`spattn.Documents` or lengths summing to L): ``x`` is a
+        packed batch, each document attending only itself (see :func:`spattn.attention`).
+        Returns a tensor shaped like ``x``."""
         x, unbatched = self._check(x, key_padding_mask)
+        if documents is not None and (cache is not None or key_padding_mask is not None):
+            raise SpattnError("documents= cannot be combined with a cache or a "
+                              "key_padding_mask: a packed batch has no padding (give the "
+                              "padding its own document, or pack without it)")
         B, L, E = x.shape
         qkv = F.linear(x, self.in_proj_weight, self.in_proj_bias)
         q, k, v = qkv.chunk(3, dim=-1)
@@ -237,7 +243,7 @@ class SparseAttention(nn.Module):
                                   "each sequence without padding")
             y = self.out_proj(self._attend(q, k, v, cache))
         elif mask is None or not bool(mask.any()):
-            o = self._attend(q, k, v)
+            o = self._attend(q, k, v, documents=documents)
             y = self.out_proj(o)
         else:
             keep = ~mask
@@ -285,10 +291,11 @@ class SparseEncoderLayer(nn.Module):
         self.drop = nn.Dropout(dropout)
 
     def forward(self, x: torch.Tensor, key_padding_mask: torch.Tensor | None = None, *,
-                cache: Any = None) -> torch.Tensor:
-        """(B, L, E) -> (B, L, E); ``cache`` as for :class:`SparseAttention`."""
+                cache: Any = None, documents: Any = None) -> torch.Tensor:
+        """(B, L, E) -> (B, L, E); ``cache`` and ``documents`` as for
+        :class:`SparseAttention`."""
         x = x + self.drop(self.attn(self.norm1(x), key_padding_mask=key_padding_mask,
-                                    cache=cache))
+                                    cache=cache, documents=documents))
         return x + self.drop(self.ff(self.norm2(x)))
 
 
@@ -335,12 +342,13 @@ class SparseEncoder(nn.Module):
         return [layer.attn.new_cache() for layer in self.layers]
 
     def forward(self, x: torch.Tensor, key_padding_mask: torch.Tensor | None = None, *,
-                caches: list | None = None) -> torch.Tensor:
+                caches: list | None = None, documents: Any = None) -> torch.Tensor:
         """(B, L, E) -> (B, L, E). ``caches`` (from :meth:`new_caches`): decode, ``x`` being
-        the next positions of the sequence the caches have seen."""
+        the next positions of the sequence the caches have seen. ``documents``: ``x`` is a
+        packed batch (see :class:`SparseAttention`)."""
         if caches is not None and len(caches) != len(self.layers):
             raise SpattnError(f"got {len(caches)} caches for {len(self.layers)} layers")
         for i, layer in enumerate(self.layers):
             x = layer(x, key_padding_mask=key_padding_mask,
-                      cache=None if caches is None else caches[i])
+                      cache=None if caches is None else caches[i], documents=documents)
         return self.norm(x)

@@ -15,6 +15,7 @@ from . import ir
 from .cache import LRUCache
 from .canon import canonicalize
 from .checks import check_n
+from .documents import Documents
 from .errors import SpattnError
 from .parse import parse_program
 from .printing import text
@@ -123,22 +124,36 @@ class Pattern:
         return Pattern._combine(ir.Not(self.node), self)
 
     # -- lowering
-    def to_csr(self, n: int) -> scipy.sparse.csr_array:
+    def to_csr(self, n: int | Documents) -> scipy.sparse.csr_array:
         """The exact (n, n) boolean matrix as a ``scipy.sparse.csr_array`` with sorted, unique
         column indices per row (int32 where they fit). Time and memory are proportional to
-        the number of pairs; requests over the memory budget raise :class:`ResourceError`."""
+        the number of pairs; requests over the memory budget raise :class:`ResourceError`.
+        ``n`` may be a :class:`spattn.Documents` (every method taking ``n`` accepts one): the
+        packed (N, N) matrix, the pattern inside each document at its own length."""
+        if isinstance(n, Documents):
+            from .packed import to_csr as packed_csr
+
+            return packed_csr(self.node, n)
         from .lower import to_csr
 
         return to_csr(self.node, n)
 
-    def to_dense(self, n: int) -> np.ndarray:
+    def to_dense(self, n: int | Documents) -> np.ndarray:
         """The (n, n) boolean numpy mask. Refuses n > :data:`spattn.lower.MAX_DENSE_N`."""
+        if isinstance(n, Documents):
+            from .packed import to_dense as packed_dense
+
+            return packed_dense(self.node, n)
         from .lower import to_dense
 
         return to_dense(self.node, n)
 
-    def nnz(self, n: int) -> int:
+    def nnz(self, n: int | Documents) -> int:
         """The exact number of (query, key) pairs at sequence length ``n``."""
+        if isinstance(n, Documents):
+            from .packed import nnz as packed_nnz
+
+            return packed_nnz(self.node, n)
         from .lower import nnz
 
         return nnz(self.node, n)
@@ -150,24 +165,40 @@ class Pattern:
         return csr_rows(self.node, n, start, stop)
 
     # -- analysis, block layouts, FlexAttention
-    def stats(self, n: int, block_size: int = 128):
+    def stats(self, n: int | Documents, block_size: int = 128):
         """Figures that help choose a pattern at sequence length ``n``: see :class:`Stats`."""
+        if isinstance(n, Documents):
+            from .analysis import document_stats
+
+            return document_stats(self.node, n, block_size=block_size)
         from .analysis import stats
 
         return stats(self.node, n, block_size=block_size)
 
-    def to_blocks(self, n: int, block_size: int = 128, key_block_size: int | None = None,
+    def to_blocks(self, n: int | Documents, block_size: int = 128, key_block_size: int | None = None,
                   *, m: int | None = None):
         """The block layout for the GPU backend: see :class:`spattn.BlockLayout`."""
+        if isinstance(n, Documents):
+            from .blocks import packed_blocks
+
+            if m is not None and m != n.total:
+                raise SpattnError(f"to_blocks over documents takes every query (m = N = "
+                                  f"{n.total:,}), got m = {m!r}")
+            return packed_blocks(self.node, n, block_size=block_size,
+                                 key_block_size=key_block_size)
         from .blocks import to_blocks
 
         return to_blocks(self.node, n, block_size=block_size, key_block_size=key_block_size,
                          m=m)
 
-    def mask_mod(self, n: int):
+    def mask_mod(self, n: int | Documents):
         """A FlexAttention ``mask_mod(b, h, q_idx, kv_idx)`` that evaluates this pattern at
         sequence length ``n`` (torch-traceable; index sets and random keys are captured
         tensors)."""
+        if isinstance(n, Documents):
+            from .blocks import packed_mask_mod
+
+            return packed_mask_mod(self.node, n)
         from .blocks import mask_mod
 
         return mask_mod(self.node, check_n(n))

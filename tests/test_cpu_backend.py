@@ -229,7 +229,7 @@ def test_every_tiling_is_exact(how, bitmap):
         for text in ("strided(16) | global([3])", "dilated(3, 7) | random(2)",
                      "fixed(32, 4) & causal | sink(2)"):
             p = spattn.compile(text)
-            cpu.PLANS.put((p, n, m), cpu.build_plan(p.node, n, m, tiling=how, bitmap=bitmap))
+            cpu.PLANS.put((p, n, m, None), cpu.build_plan(p.node, n, m, tiling=how, bitmap=bitmap))
             q, k, v = _qkv(1, 2, m, n, 8, grad=True)
             out = spattn.attention(q, k, v, text, backend="cpu")
             mask = oracle_mask(text, n)

@@ -41,6 +41,9 @@ class Stats:
     exact: dict[str, bool]
     method: str
     notes: tuple[str, ...] = field(default=())
+    #: over packed documents: ``count``, ``total``, ``distinct_lengths`` and ``length``
+    #: (``min``/``mean``/``max``); None for one sequence
+    documents: dict[str, Any] | None = None
 
     def to_dict(self) -> dict[str, Any]:
         """A JSON-ready dict (SPEC section 2 keys plus ``pattern``, ``kv_cache_grows``,
@@ -64,7 +67,7 @@ class Stats:
             "exact": dict(self.exact),
             "method": self.method,
             "notes": list(self.notes),
-        }
+        } | ({} if self.documents is None else {"documents": dict(self.documents)})
 
     def __str__(self) -> str:
         rf = self.receptive_field
@@ -74,7 +77,9 @@ class Stats:
             f"{self.kv_cache:,}" + (" (grows with n)" if self.kv_cache_grows else ""))
         mark = {k: "" if v else " ~" for k, v in self.exact.items()}
         lines = [
-            f"{self.pattern}  at n = {self.seq_len:,}",
+            f"{self.pattern}  at n = {self.seq_len:,}" + (
+                "" if self.documents is None else
+                f" ({self.documents['count']:,} documents)"),
             f"  nnz            {self.nnz:,}{mark['nnz']}   density {self.density:.4g}",
             f"  row degree     min {deg['min']:,}  mean {deg['mean']:.1f}  max {deg['max']:,}",
             f"  empty rows     {self.empty_rows:,}",

@@ -38,8 +38,9 @@ def mask_mod(node: ir.Node, n: int, off: int = 0, device: Any = "cpu"):
     return mask_mod_fn
 
 
-def block_mask(layout, device: Any = "cpu"):
-    """The ``BlockMask`` of a block layout (see ``BlockLayout.to_flex_block_mask``)."""
+def block_mask(layout, device: Any = "cpu", mm=None):
+    """The ``BlockMask`` of a block layout (see ``BlockLayout.to_flex_block_mask``), with
+    ``mm`` as its ``mask_mod`` (default: the layout's pattern at its n)."""
     import torch
     from torch.nn.attention.flex_attention import BlockMask
 
@@ -59,7 +60,8 @@ def block_mask(layout, device: Any = "cpu"):
 
     kv_num, kv_idx = enc(dense == 1)
     f_num, f_idx = enc(dense == 2)
-    mm = mask_mod(L.node, L.n, L.n - L.m, device)
+    if mm is None:
+        mm = mask_mod(L.node, L.n, L.n - L.m, device)
     return BlockMask.from_kv_blocks(kv_num, kv_idx, f_num, f_idx,
                                     BLOCK_SIZE=(L.block_q, L.block_k), mask_mod=mm,
                                     seq_lengths=(L.m, L.n))
