@@ -38,7 +38,7 @@ from spattn import guard
 from spattn.cache import LRUCache
 from spattn.errors import ShapeError, SpattnError
 
-from . import cpu_decode
+from . import cpu_decode, cpu_docs
 from .cpu_plan import Group, Plan, Strides, compute_dtype, heads_by_plan, plan_bytes
 from .cpu_planner import build_plan
 
@@ -55,11 +55,13 @@ PLANS: LRUCache[tuple, Plan] = LRUCache("cpu plans", _CACHE_ENTRIES, _CACHE_BYTE
                                         sizeof=plan_bytes)
 
 
-def get_plan(pattern: Any, n: int, m: int, docs: Any = None) -> Plan:
+def get_plan(pattern: Any, n: int, m: int, docs: Any = None,
+             skip: frozenset = frozenset()) -> Plan:
     """The cached execution plan of ``pattern`` (a :class:`spattn.Pattern`) at (n, m), or
-    over the packed documents ``docs`` (m = n = N)."""
-    return PLANS.get_or_create((pattern, n, m, docs),
-                               lambda: build_plan(pattern.node, n, m, docs=docs))
+    over the packed documents ``docs`` (m = n = N; without the documents whose lengths are
+    in ``skip``)."""
+    return PLANS.get_or_create((pattern, n, m, docs, skip),
+                               lambda: build_plan(pattern.node, n, m, docs=docs, skip=skip))
 
 
 # ---------------------------------------------------------------------------------------------
@@ -490,9 +492,8 @@ class CPUBackend:
         """The cached plan of ``pattern`` (a :class:`spattn.Pattern`; compile text with
         :func:`spattn.compile`) with n keys and m queries (default n); ``n`` may be a
         :class:`spattn.Documents` (a packed sequence, every position a query)."""
-        from spattn.documents import Documents
-
         from spattn.checks import check_n, query_count
+        from spattn.documents import Documents
         from spattn.pattern import Pattern
 
         if not isinstance(pattern, Pattern):
@@ -503,7 +504,8 @@ class CPUBackend:
         n = check_n(n)
         return get_plan(pattern, n, query_count(m, n))
 
-    def plans(self, q, k, patterns, docs: Any = None) -> tuple[Plan, ...]:
+    def plans(self, q, k, patterns, docs: Any = None,
+              skip: frozenset = frozenset()) -> tuple[Plan, ...]:
         """One cached plan per head for these tensors (validated, budget checked), over the
         packed documents ``docs`` when given."""
         guard.tune_malloc()
@@ -520,7 +522,7 @@ class CPUBackend:
                     f"sparse attention workspace for B={B}, H={H}, m={m}, n={n}, D={D}",
                     "use smaller tensors")
         cache: dict[Any, Plan] = {}
-        plans = tuple(cache[p] if p in cache else cache.setdefault(p, get_plan(p, n, m, docs))
+        plans = tuple(cache[p] if p in cache else cache.setdefault(p, get_plan(p, n, m, docs, skip))
                       for p in patterns)
         return plans
 
@@ -531,19 +533,39 @@ class CPUBackend:
         ``documents`` (a :class:`spattn.Documents`, m = n = N) the packed sequence is
         planned as one pattern: tiles run across documents, one batched call per tile
         shape whatever the number of documents."""
-        if documents is None and q.shape[2] <= cpu_decode.MAX_M and self.supports(q):
+        if documents is not None:
+            return self._packed(q, k, v, patterns, scale, documents)
+        if q.shape[2] <= cpu_decode.MAX_M and self.supports(q):
             return few_queries(q, k, v, patterns, scale)
-        return _SparseAttention.apply(q, k, v, self.plans(q, k, patterns, documents),
-                                      float(scale))
+        return _SparseAttention.apply(q, k, v, self.plans(q, k, patterns), float(scale))
 
-    def forward_lse(self, q, k, v, patterns, scale):
-        """``(out, lse)`` in the compute dtype, no autograd (the ``spattn::attention`` op)."""
-        return forward_lse(q, k, v, self.plans(q, k, patterns), float(scale))
+    def _packed(self, q, k, v, patterns, scale, docs):
+        """Packed documents: long documents whose pattern is dense (``causal``, ``full``) by
+        the fused kernel directly, the rest by one packed plan (:mod:`.cpu_docs`)."""
+        shared = all(p is patterns[0] for p in patterns)
+        dense = cpu_docs.dense_classes(patterns[0].node, docs) if shared else {}
+        skip = frozenset(dense)
+        if len(skip) == len(docs.classes):
+            out = torch.zeros_like(q) + (q.sum() + k.sum() + v.sum()) * 0
+        else:
+            out = _SparseAttention.apply(q, k, v, self.plans(q, k, patterns, docs, skip),
+                                         float(scale))
+        if not dense:
+            return out
+        pos, dout = cpu_docs.dense_part(q, k, v, docs, dense, scale)
+        return cpu_docs.combine(out, pos, dout)
 
-    def backward_lse(self, q, k, v, out, lse, dout, patterns, scale):
+    def forward_lse(self, q, k, v, patterns, scale, documents: Any = None):
+        """``(out, lse)`` in the compute dtype, no autograd (the ``spattn::attention`` op);
+        over packed ``documents`` the whole sequence is one plan."""
+        return forward_lse(q, k, v, self.plans(q, k, patterns, documents), float(scale))
+
+    def backward_lse(self, q, k, v, out, lse, dout, patterns, scale, documents: Any = None):
         """First derivatives from :meth:`forward_lse`'s results, no autograd."""
-        return backward_lse(q, k, v, out, lse, dout, self.plans(q, k, patterns), float(scale))
+        return backward_lse(q, k, v, out, lse, dout, self.plans(q, k, patterns, documents),
+                            float(scale))
 
-    def double_backward(self, q, k, v, dout, patterns, scale, needs):
+    def double_backward(self, q, k, v, dout, patterns, scale, needs, documents: Any = None):
         """Differentiable gradients (``create_graph=True``)."""
-        return double_backward(q, k, v, dout, self.plans(q, k, patterns), float(scale), needs)
+        return double_backward(q, k, v, dout, self.plans(q, k, patterns, documents),
+                               float(scale), needs)

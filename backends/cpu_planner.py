@@ -439,11 +439,13 @@ def _split_band(iv: _Iv, band: tuple[int, int], off: int) -> tuple[_Iv, _Iv]:
 
 
 def build_plan(node: ir.Node, n: int, m: int, D: int = 64, *, tiling: tuple | None = None,
-               bitmap: bool | None = None, docs: Documents | None = None) -> Plan:
+               bitmap: bool | None = None, docs: Documents | None = None,
+               skip: frozenset = frozenset()) -> Plan:
     """Plan attention for pattern ``node`` with ``n`` keys and the last ``m`` rows as queries.
     With ``docs`` (m = n = ``docs.total``) the pattern is planned over the packed sequence:
     the packed intervals are tiled as one pattern, so tiles run across document boundaries
-    and short documents share batched calls. ``tiling`` = (order, s, rows per tile) and
+    and short documents share batched calls; documents of the lengths in ``skip`` are left
+    out (their rows are empty). ``tiling`` = (order, s, rows per tile) and
     ``bitmap`` (union tile keys by bitmap or by sorting) override the cost model's choices
     for every component (for tests)."""
     import time
@@ -453,7 +455,7 @@ def build_plan(node: ir.Node, n: int, m: int, D: int = 64, *, tiling: tuple | No
     off = n - m
     hint = "use a sparser pattern, a smaller n or fewer queries"
     if docs is not None:
-        allv = _Iv(*packed.row_intervals(node, docs))
+        allv = _Iv(*packed.row_intervals(node, docs, skip))
         periods = _periods(node, packed.main_length(docs))
     else:
         est = max(1.0, bind(node, n).est)  # before lowering: the query rows' intervals

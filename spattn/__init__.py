@@ -24,7 +24,8 @@ from .pattern import Pattern, compile
 __version__ = "0.1.0"
 
 __all__ = [
-    "Pattern", "compile", "attention", "documents", "Documents", "load", "Stats", "BlockLayout", "SpattnError",
+    "Pattern", "compile", "attention", "documents", "Documents", "load", "Stats",
+    "BlockLayout", "SpattnError",
     "PatternSyntaxError", "PatternNameError", "LoweringError", "ResourceError", "ShapeError",
     "ConfigError", "memory_budget", "set_memory_budget", "nn", "config", "KVCache",
     "__version__",

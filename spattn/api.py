@@ -151,6 +151,15 @@ def attention(q, k, v, pattern, *, backend: str = "auto", scale: float | None = 
     if not isinstance(backend, str):
         raise SpattnError(f"backend must be a name, got {backend!r}")
     if documents is not None:
+        if torch.compiler.is_compiling() and backend in ("auto", "cpu") \
+                and q.device.type == "cpu":
+            from . import ops
+            from .documents import as_documents
+
+            _packed_shapes(q, k)
+            docs = as_documents(documents, k.shape[2])
+            return ops.attention(q, k, v, _pattern_texts(pattern, H), scale, "cpu",
+                                 docs.lengths)
         return _packed(q, k, v, pattern, backend, scale, documents)
     if m == 0:
         resolve_patterns(pattern, H)
@@ -177,10 +186,8 @@ def _packed(q, k, v, pattern, backend: str, scale: float, documents: Any):
 
     from .documents import as_documents
 
-    m, n = q.shape[2], k.shape[2]
-    if m != n:
-        raise ShapeError(f"attention over documents needs every position as a query (m = n);"
-                         f" got m = {m} queries and n = {n} keys")
+    _packed_shapes(q, k)
+    n = k.shape[2]
     docs = as_documents(documents, n)
     H = q.shape[1]
     pats = resolve_patterns(pattern, H)
@@ -190,6 +197,13 @@ def _packed(q, k, v, pattern, backend: str, scale: float, documents: Any):
     if b.name not in _NATIVE_GQA:
         k, v = _expand_kv(k, v, H)
     return by_length(q, k, v, docs, lambda qq, kk, vv: b.attention(qq, kk, vv, pats, scale))
+
+
+def _packed_shapes(q, k) -> None:
+    m, n = q.shape[2], k.shape[2]
+    if m != n:
+        raise ShapeError(f"attention over documents needs every position as a query (m = n);"
+                         f" got m = {m} queries and n = {n} keys")
 
 
 def by_length(q, k, v, docs, run):

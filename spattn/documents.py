@@ -27,16 +27,18 @@ MAX_TOTAL = 2**31 - 1  #: the most tokens a packed sequence may hold (int32 posi
 class Documents:
     """Document lengths of a packed sequence (see the module docstring)."""
 
-    __slots__ = ("lengths", "_hash", "__dict__")
+    __slots__ = ("lengths", "total", "_hash", "__dict__")
 
     def __init__(self, lengths: tuple[int, ...]):
         object.__setattr__(self, "lengths", lengths)
+        object.__setattr__(self, "total", sum(lengths))  # N, the packed sequence length
         object.__setattr__(self, "_hash", hash(("spattn.Documents", lengths)))
 
     def __setattr__(self, k, v):
-        if k in ("lengths", "_hash"):
-            raise AttributeError("Documents is immutable")
-        object.__setattr__(self, k, v)
+        raise AttributeError(f"Documents is immutable (cannot set {k!r})")
+
+    def __delattr__(self, k):
+        raise AttributeError(f"Documents is immutable (cannot delete {k!r})")
 
     def __len__(self) -> int:
         return len(self.lengths)
@@ -61,27 +63,21 @@ class Documents:
             body = ", ".join(map(str, self.lengths[:4])) + f", ... ({k:,} documents)"
         return f"spattn.documents([{body}])"
 
-    @property
-    def total(self) -> int:
-        """N, the packed sequence length (sum of the lengths)."""
-        return int(self.array.sum())
-
     @cached_property
     def array(self) -> np.ndarray:
-        """The lengths as an int64 array."""
-        return np.asarray(self.lengths, np.int64)
+        """The lengths as an int64 array (read-only)."""
+        return _frozen(np.asarray(self.lengths, np.int64))
 
     @cached_property
     def starts(self) -> np.ndarray:
-        """First position of each document (int64)."""
+        """First position of each document (int64, read-only)."""
         a = self.array
-        return np.cumsum(a) - a
+        return _frozen(np.cumsum(a) - a)
 
     @cached_property
     def doc_of(self) -> np.ndarray:
-        """The document of every packed position (int32 or int64, length N)."""
-        dt = np.int32 if len(self) < 2**31 else np.int64
-        return np.repeat(np.arange(len(self), dtype=dt), self.array)
+        """The document of every packed position (int32, length N, read-only)."""
+        return _frozen(np.repeat(np.arange(len(self), dtype=np.int32), self.array))
 
     @cached_property
     def classes(self) -> list[tuple[int, np.ndarray]]:
@@ -91,7 +87,7 @@ class Documents:
         order = np.argsort(a, kind="stable")
         vals, first = np.unique(a[order], return_index=True)
         bounds = list(first) + [len(a)]
-        return [(int(v), order[bounds[k]:bounds[k + 1]]) for k, v in enumerate(vals)]
+        return [(int(v), _frozen(order[bounds[k]:bounds[k + 1]])) for k, v in enumerate(vals)]
 
     def document(self, d: int) -> tuple[int, int]:
         """``(start, length)`` of document ``d``."""
@@ -100,6 +96,11 @@ class Documents:
     def first_of_length(self, length: int) -> int:
         """The index of the first document of the given length."""
         return int(np.flatnonzero(self.array == length)[0])
+
+
+def _frozen(a: np.ndarray) -> np.ndarray:
+    a.setflags(write=False)
+    return a
 
 
 def documents(lengths: Any) -> Documents:

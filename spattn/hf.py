@@ -17,6 +17,14 @@ model's own mask function against that structure on a few rows. Positions are co
 each row's first real token (left padding shifts them; padding keys are never attended);
 queries sit at their cache positions, so static and sliding caches work. Keys and values are
 never copied per query head (grouped-query attention is native).
+
+Packed sequences (``DataCollatorWithFlattening``: one row, position ids that restart at 0, no
+attention mask, ``use_cache=False``) run as documents: ``spattn.attention(...,
+documents=lengths)`` with the lengths transformers' own mask separates, each document getting
+the pattern at its own length with positions from its first token, and no attention across
+documents. Batch rows with different packings are grouped (one call per layout). Position
+ids that restart where the model's mask does not separate them (a cache is in use) are
+refused: packing is for training and scoring, not for generation.
 """
 
 from __future__ import annotations
@@ -179,11 +187,15 @@ def attention_forward(module, query, key, value, attention_mask, dropout: float 
                           f"2-D padding masks (a 4-D custom mask cannot be applied sparsely)")
     causal = is_causal if is_causal is not None else getattr(module, "is_causal", True)
     kind = "causal" if causal else "full"
+    mask.check_positions(kwargs.get("position_ids"), where)
     mask.check_structure(kind, sliding_window, where)
     eff = _effective(spec, query.shape[1], _structure(kind, sliding_window))
     scale = scaling if scaling is not None else query.shape[-1] ** -0.5
     layer = pending(key)
     if layer is not None:
+        if mask.documents is not None:
+            raise SpattnError(f"{where}: PatternCache does not hold packed sequences; pass "
+                              f"use_cache=False (packing is for training and scoring)")
         out = layer.attend(query, key, value, eff, mask, scale)
     else:
         out = attend(query, key, value, eff, mask, scale)
@@ -200,7 +212,7 @@ def attend(q, k, v, patterns: tuple, mask: hf_mask.ModelMask, scale: float):
         raise SpattnError(f"the mask describes {mask.q_length} queries over {mask.kv_length} "
                           f"keys; the attention call got {t} queries and {k.shape[2]} keys")
     parts = []
-    for (a, e), rows in mask.groups().items():
+    for ((a, e), docs), rows in mask.doc_groups().items():
         q0, k0 = max(mask.q_offset, a), max(mask.kv_offset, a)
         if q0 >= e:
             continue
@@ -209,7 +221,13 @@ def attend(q, k, v, patterns: tuple, mask: hf_mask.ModelMask, scale: float):
         qg = q[sel][:, :, s0:s1]
         kg = k[sel][:, :, k0 - mask.kv_offset:e - mask.kv_offset]
         vg = v[sel][:, :, k0 - mask.kv_offset:e - mask.kv_offset]
-        if k0 == a:  # every key of the run is here
+        if docs is not None:  # packed: queries and keys are the same positions 0 .. N - 1
+            if (q0, k0, e) != (0, 0, sum(docs)) or qg.shape[2] != kg.shape[2]:
+                raise SpattnError(f"packed sequences of lengths {list(docs)} need queries and "
+                                  f"keys at the same {sum(docs)} positions; got queries "
+                                  f"{q0}..{e - 1} over keys {k0}..{e - 1}")
+            o = attention(qg, kg, vg, list(patterns), documents=list(docs), scale=scale)
+        elif k0 == a:  # every key of the run is here
             o = attention(qg, kg, vg, list(patterns), scale=scale)
         else:
             o = held_attention(qg, kg, vg, patterns, e - a, k0 - a, scale)

@@ -13,6 +13,15 @@ attention function turns them into pattern positions counted from each row's fir
 A row's real tokens must be one contiguous run (left padding, right padding, or both): a mask
 with padding between real tokens (right-padded prompts that then generate) is refused with a
 :class:`~spattn.SpattnError`.
+
+Packed sequences (``DataCollatorWithFlattening``: position ids that restart, no attention mask,
+no cache): transformers then makes its mask block-diagonal, one block per sequence. The mask
+function finds the blocks where the model's mask stops attending the previous key (query i
+not attending key i - 1), one O(batch · length) evaluation, and records each batch row's
+document lengths (:attr:`ModelMask.documents`); :meth:`ModelMask.check_positions` checks them
+against the call's ``position_ids`` (a new document wherever a position is not the previous
+one plus 1, transformers' rule) and refuses position ids that restart where the model's mask
+does not separate the documents (a cache is in use).
 """
 
 from __future__ import annotations
@@ -36,7 +45,10 @@ class ModelMask:
     ``q_offset .. q_offset + q_length - 1``; key slot j holds position ``kv_offset + j``.
     ``probe`` maps each probed query position to its attended key interval per batch row,
     ``(lo, hi)`` half-open in absolute positions (``(0, 0)``: none), or ``None`` where the
-    model's mask is not one interval for that row.
+    model's mask is not one interval for that row. ``documents[b]`` is row b's document
+    lengths when the model's mask separates packed sequences (``None``: no row is packed);
+    ``packable``: the call could be packed (no padding mask, queries and keys the same
+    positions from 0), the only case where transformers packs.
     """
 
     q_offset: int
@@ -46,6 +58,8 @@ class ModelMask:
     batch: int
     runs: tuple[tuple[int, int], ...] | None
     probe: dict[int, tuple[tuple[int, int] | None, ...]] | None
+    documents: tuple[tuple[int, ...], ...] | None = None
+    packable: bool = False
     checked: set = field(default_factory=set, repr=False)  #: structures already checked
 
     #: transformers treats a mask with four dimensions as already prepared (generate builds
@@ -68,32 +82,81 @@ class ModelMask:
             return [(0, self.end)] * self.batch
         return [(min(a, self.end), min(e, self.end)) for a, e in self.runs]
 
+    def segment(self, b: int, P: int) -> tuple[int, int]:
+        """The absolute positions ``(start, end)`` of the document of batch row b that holds
+        position P (the whole sequence when the row is not packed)."""
+        if self.documents is None:
+            return 0, self.kv_offset + self.kv_length
+        start = 0
+        for n in self.documents[b]:
+            if P < start + n:
+                return start, start + n
+            start += n
+        return start, start
+
     def check_structure(self, kind: str, window: int | None, where: str) -> None:
         """Raise unless every probed row of the model's mask equals ``kind`` ("causal" or
-        "full") cut to the last ``window`` keys (None: no window), over the call's keys."""
+        "full") cut to the last ``window`` keys (None: no window), over the call's keys and
+        inside the row's document."""
         if not self.probe or (kind, window) in self.checked:
             return  # every layer of a forward shares the mask: check each structure once
-        k0, k1 = self.kv_offset, self.kv_offset + self.kv_length
         for P, per_row in self.probe.items():
-            if kind == "causal":
-                want = (k0, min(P + 1, k1)) if window is None else \
-                    (max(k0, P - window + 1), min(P + 1, k1))
-            else:
-                want = (k0, k1) if window is None else \
-                    (max(k0, P - window), min(P + window + 1, k1))
-            if want[0] >= want[1]:
-                want = (0, 0)
             for b, got in enumerate(per_row):
+                s, e = self.segment(b, P)
+                k0 = max(self.kv_offset, s)
+                k1 = min(self.kv_offset + self.kv_length, e)
+                if kind == "causal":
+                    want = (k0, min(P + 1, k1)) if window is None else \
+                        (max(k0, P - window + 1), min(P + 1, k1))
+                else:
+                    want = (k0, k1) if window is None else \
+                        (max(k0, P - window), min(P + window + 1, k1))
+                if want[0] >= want[1]:
+                    want = (0, 0)
                 if got != want:
                     shown = "not one interval" if got is None else \
                         (f"keys {got[0]}..{got[1] - 1}" if got[1] > got[0] else "no key")
+                    inside = "" if self.documents is None else \
+                        f" inside its packed sequence (positions {s}..{e - 1})"
                     raise SpattnError(
                         f"{where}: the model's own mask lets query position {P} (batch row "
-                        f"{b}) attend {shown}, not the {_describe(kind, window)} spattn "
-                        f"applies under its pattern; spattn reproduces causal, sliding-window "
-                        f"and bidirectional masks with padding (packed sequences, chunked "
-                        f"attention and custom mask overlays are not supported yet)")
+                        f"{b}) attend {shown}, not the {_describe(kind, window)}{inside} "
+                        f"spattn applies under its pattern; spattn reproduces causal, "
+                        f"sliding-window and bidirectional masks with padding or packed "
+                        f"sequences (chunked attention and custom mask overlays are not "
+                        f"supported yet)")
         self.checked.add((kind, window))
+
+    def check_positions(self, position_ids: Any, where: str) -> None:
+        """Raise unless the call's ``position_ids`` split the sequence into the documents the
+        model's mask separates (checked once per mask, only where transformers packs)."""
+        import torch
+
+        if not self.packable or "positions" in self.checked:
+            return
+        if not isinstance(position_ids, torch.Tensor) or position_ids.dim() != 2 or \
+                position_ids.shape[1] != self.q_length or \
+                position_ids.shape[0] not in (1, self.batch):
+            return  # no usable position ids (or a model-specific layout): trust the mask
+        got = position_documents(position_ids.expand(self.batch, -1))
+        if got != self.documents:
+            if self.documents is None:
+                b = next(i for i, d in enumerate(got) if len(d) > 1)
+                raise SpattnError(
+                    f"{where}: position_ids restart inside batch row {b} (packed sequences "
+                    f"of lengths {_shown(got[b])}) but the model's own mask does not separate "
+                    f"them: transformers separates packed sequences only when there is no "
+                    f"attention_mask and no cache; pass use_cache=False (packing is for "
+                    f"training and scoring, not for generation)")
+            by_pos = got or ((self.q_length,),) * self.batch
+            b = next(i for i in range(self.batch) if by_pos[i] != self.documents[i])
+            raise SpattnError(
+                f"{where}: the model's own mask separates batch row {b} into blocks of "
+                f"lengths {_shown(self.documents[b])}, but its position_ids describe "
+                f"sequences of lengths {_shown(by_pos[b])}; spattn runs packed sequences as "
+                f"the position ids give them (chunked attention and custom mask overlays "
+                f"are not supported yet)")
+        self.checked.add("positions")
 
     def groups(self) -> dict[tuple[int, int], list[int]]:
         """Batch rows by their real run (rows with the same padding share backend calls)."""
@@ -101,6 +164,37 @@ class ModelMask:
         for b, r in enumerate(self.row_runs()):
             out.setdefault(r, []).append(b)
         return out
+
+    def doc_groups(self) -> dict[tuple[tuple[int, int], tuple[int, ...] | None], list[int]]:
+        """Batch rows by their real run and document lengths (None: not packed): rows with
+        the same layout share backend calls (packed rows with different layouts do not)."""
+        out: dict = {}
+        for b, r in enumerate(self.row_runs()):
+            d = None if self.documents is None or len(self.documents[b]) < 2 else \
+                self.documents[b]
+            out.setdefault((r, d), []).append(b)
+        return out
+
+
+def _shown(lengths: tuple[int, ...], limit: int = 12) -> str:
+    body = ", ".join(map(str, lengths[:limit]))
+    return f"[{body}{', …' if len(lengths) > limit else ''}]"
+
+
+def _lengths(starts: np.ndarray, n: int) -> tuple[int, ...]:
+    """Document lengths of n positions whose documents begin at ``starts`` (after 0)."""
+    edges = np.concatenate([[0], starts, [n]])
+    return tuple(int(x) for x in np.diff(edges))
+
+
+def position_documents(position_ids) -> tuple[tuple[int, ...], ...] | None:
+    """Each row's document lengths from (B, N) position ids, transformers' rule: a new
+    document wherever a position is not the previous one plus 1; None when no row has
+    more than one."""
+    pos = position_ids.detach().cpu().numpy()
+    n = pos.shape[1]
+    out = tuple(_lengths(np.flatnonzero(np.diff(row) != 1) + 1, n) for row in pos)
+    return None if all(len(d) == 1 for d in out) else out
 
 
 def _describe(kind: str, window: int | None) -> str:
@@ -176,6 +270,28 @@ def _probe(mask_function, B: int, rows: list[int], k0: int, k1: int, device):
     return {P: tuple(v) for P, v in out.items()}
 
 
+def _packed(mask_function, B: int, n: int, device) -> tuple[tuple[int, ...], ...] | None:
+    """Each row's document lengths where the model's mask makes query i not attend key
+    i - 1 (a new packed sequence at i); None when no row has such a break."""
+    import torch
+
+    if mask_function is None or n < 2:
+        return None
+    b = torch.arange(B, device=device)[:, None, None]
+    h = torch.zeros((), dtype=torch.long, device=device)
+    qi = torch.arange(1, n, device=device)[None, :, None]
+    try:
+        got = mask_function(b, h, qi, qi - 1)
+    except Exception as e:  # a mask function that only runs under vmap: cannot be checked
+        raise SpattnError(f"spattn cannot evaluate this model's mask function "
+                          f"({type(e).__name__}: {e}); custom mask overlays are not supported "
+                          f"yet") from None
+    got = torch.as_tensor(got).expand(B, n - 1, 1)[..., 0].cpu().numpy()
+    if got.all():
+        return None
+    return tuple(_lengths(np.flatnonzero(~row) + 1, n) for row in got)
+
+
 def mask_function(batch_size: int, q_length: int, kv_length: int, q_offset: Any = 0,
                   kv_offset: Any = 0, mask_function: Any = None, attention_mask: Any = None,
                   device: Any = None, **kwargs) -> ModelMask:
@@ -188,11 +304,23 @@ def mask_function(batch_size: int, q_length: int, kv_length: int, q_offset: Any 
         runs = attention_mask.runs
     else:
         runs = padding_runs(attention_mask, end)
+    # transformers packs only without a padding mask and without a cache (queries = keys)
+    packable = attention_mask is None and q_offset == 0 and kv_offset == 0 and \
+        kv_length == q_length
+    window = kwargs.get("local_size")  # a window of 1 never attends the previous key
+    docs = None
+    if packable and not (isinstance(window, int) and window < 2):
+        docs = _packed(mask_function, batch_size, q_length, device)
     span = range(q_offset, end)
     step = max(1, (len(span) - 1) // (PROBE_ROWS - 1)) if len(span) > 1 else 1
-    rows = sorted(set(list(span[::step])[:PROBE_ROWS - 1] + [end - 1]))
-    probe = _probe(mask_function, batch_size, rows, kv_offset, kv_offset + kv_length, device)
-    return ModelMask(q_offset, q_length, kv_offset, kv_length, batch_size, runs, probe)
+    rows = set(list(span[::step])[:PROBE_ROWS - 1] + [end - 1])
+    if docs is not None:  # and where documents start (up to PROBE_ROWS of them)
+        starts = sorted({int(x) for d in docs for x in np.cumsum(d)[:-1]})
+        rows.update(starts[::max(1, len(starts) // PROBE_ROWS)][:PROBE_ROWS])
+    probe = _probe(mask_function, batch_size, sorted(rows), kv_offset, kv_offset + kv_length,
+                   device)
+    return ModelMask(q_offset, q_length, kv_offset, kv_length, batch_size, runs, probe, docs,
+                     packable)
 
 
 def batch_index(rows: list[int], device):

@@ -25,8 +25,8 @@ from .lower import MAX_DENSE_N
 from .lower import nnz as lower_nnz
 from .lower import row_intervals as lower_rows
 
-__all__ = ["class_intervals", "class_positions", "row_intervals", "nnz", "csr_rows", "to_csr", "to_dense",
-           "main_length", "doc_error"]
+__all__ = ["class_intervals", "class_positions", "row_intervals", "nnz", "csr_rows",
+           "to_csr", "to_dense", "main_length", "doc_error"]
 
 
 def _nbytes(x) -> int:
@@ -63,15 +63,17 @@ def class_intervals(node: ir.Node, length: int, docs: Documents | None = None):
     return CLASSES.put(key, out)
 
 
-def _class_table(node: ir.Node, docs: Documents):
+def _class_table(node: ir.Node, docs: Documents, skip: frozenset = frozenset()):
     """Per length class: (length, doc indices, intervals)."""
-    return [(L, idx, class_intervals(node, L, docs)) for L, idx in docs.classes]
+    return [(L, idx, class_intervals(node, L, docs)) for L, idx in docs.classes
+            if L not in skip]
 
 
-def row_intervals(node: ir.Node, docs: Documents):
+def row_intervals(node: ir.Node, docs: Documents, skip: frozenset = frozenset()):
     """``(row, lo, hi)`` int64 over the packed positions, in normal form (sorted by row;
-    documents never share an interval)."""
-    table = _class_table(node, docs)
+    documents never share an interval); documents whose length is in ``skip`` are left
+    out (their rows have no interval)."""
+    table = _class_table(node, docs, skip)
     per_doc = np.zeros(len(docs), np.int64)
     for _, idx, (r, _, _) in table:
         per_doc[idx] = len(r)

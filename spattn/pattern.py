@@ -175,8 +175,8 @@ class Pattern:
 
         return stats(self.node, n, block_size=block_size)
 
-    def to_blocks(self, n: int | Documents, block_size: int = 128, key_block_size: int | None = None,
-                  *, m: int | None = None):
+    def to_blocks(self, n: int | Documents, block_size: int = 128,
+                  key_block_size: int | None = None, *, m: int | None = None):
         """The block layout for the GPU backend: see :class:`spattn.BlockLayout`."""
         if isinstance(n, Documents):
             from .blocks import packed_blocks

@@ -369,12 +369,142 @@ def test_pattern_cache_cannot_crop():
 
 
 def test_unsupported_mask_structure_is_refused():
-    """Packed sequences (position ids that restart) make a mask spattn does not apply."""
+    """A mask spattn does not reproduce (here chunked attention: blocks the position ids do
+    not describe) is an error, not a silent difference."""
+    from transformers.masking_utils import chunked_causal_mask_function
+
+    from spattn.hf_mask import mask_function
+
+    mf = chunked_causal_mask_function(4, torch.zeros(1, dtype=torch.long))
+    mask = mask_function(1, 10, 10, mask_function=mf)
+    assert mask.documents == ((4, 4, 2),)
+    with pytest.raises(spattn.SpattnError, match="blocks of lengths"):
+        mask.check_positions(torch.arange(10)[None], "here")
+
+
+# -- packed sequences (transformers' DataCollatorWithFlattening)
+
+DOCS = [5, 1, 7, 2, 3]  # a length-1 document and primes: 18 tokens
+
+
+def packed(lengths=DOCS, seed=5):
+    """Documents of ``lengths`` and the batch the real collator makes of them."""
+    g = torch.Generator().manual_seed(seed)
+    docs = [torch.randint(0, V, (n,), generator=g) for n in lengths]
+    batch = transformers.DataCollatorWithFlattening()(
+        [{"input_ids": d.tolist(), "labels": d.tolist()} for d in docs])
+    assert batch["input_ids"].shape == (1, sum(lengths))
+    assert batch["position_ids"].tolist() == [[i for n in lengths for i in range(n)]]
+    return docs, batch
+
+
+def forward_packed(model, batch, **kw):
+    return model(batch["input_ids"], position_ids=batch["position_ids"], use_cache=False,
+                 **kw).logits
+
+
+def each_alone(model, docs):
+    return torch.cat([model(d[None]).logits for d in docs], 1)
+
+
+@pytest.mark.parametrize("name,pattern,dtype", [
+    ("llama", "causal", torch.float64),
+    ("llama", "local(3) | global([0,-1])", torch.float64),
+    ("llama", "local(3) | global([0,-1])", torch.float32),
+    ("qwen2", "local(3) | global([0,-1])", torch.float64),  # sliding and full layers
+    ("mistral", "streaming(1, 2) | global([-1])", torch.float64),  # a window of 6 < 7
+])
+def test_packed_batch_equals_each_document_alone(name, pattern, dtype):
+    """No attention across documents; each document gets the pattern at its own length,
+    positions from its first token (global([-1]) is each document's last token)."""
+    model = MODELS[name]().to(dtype)
+    docs, batch = packed()
+    hf.use(model, pattern)
+    with torch.no_grad():
+        got, ref = forward_packed(model, batch), each_alone(model, docs)
+    assert (got - ref).abs().max().item() < (1e-12 if dtype == torch.float64 else 1e-5)
+
+
+@pytest.mark.parametrize("name", ["llama", "qwen2"])
+def test_packed_causal_equals_the_models_own_packing(name):
+    model = MODELS[name]()
+    docs, batch = packed()
+    hf.use(model, "causal")
+    with torch.no_grad():
+        got = forward_packed(model, batch)
+        for impl, tol in (("sdpa", 1e-12), ("eager", 1e-6)):
+            model.set_attn_implementation(impl)
+            assert (got - forward_packed(model, batch)).abs().max().item() < tol, impl
+
+
+def test_packed_training_gradients_equal_the_sum_over_documents():
+    model = llama()
+    model.train()
+    hf.use(model, "local(3) | global([0,-1])")
+    docs, batch = packed()
+    ce = torch.nn.functional.cross_entropy
+    grads = []
+    for run in ("packed", "alone"):
+        model.zero_grad()
+        if run == "packed":  # the collator's labels: -100 at each document's first token
+            loss = ce(forward_packed(model, batch)[0, :-1], batch["labels"][0, 1:],
+                      ignore_index=-100, reduction="sum")
+        else:
+            loss = sum(ce(model(d[None]).logits[0, :-1], d[1:], reduction="sum")
+                       for d in docs)
+        loss.backward()
+        grads.append([p.grad.clone() for p in model.parameters()])
+    for a, b in zip(*grads):
+        assert torch.allclose(a, b, rtol=1e-10, atol=1e-12)
+
+
+def test_packed_rows_with_different_layouts_are_grouped(monkeypatch):
+    """B > 1 packed rows: rows with the same document layout share one call."""
+    model = llama()
+    layouts = [[4, 5], [9], [4, 5], [2, 1, 6]]
+    g = torch.Generator().manual_seed(2)
+    x = torch.randint(0, V, (4, 9), generator=g)
+    pos = torch.tensor([[i for n in lay for i in range(n)] for lay in layouts])
+    calls = []
+    real = spattn.attention
+
+    def spy(q, k, v, pattern, **kw):
+        calls.append((q.shape[0], kw.get("documents")))
+        return real(q, k, v, pattern, **kw)
+
+    hf.use(model, "local(2) | global([-1])")
+    monkeypatch.setattr(spattn.api, "attention", spy)
+    with torch.no_grad():
+        got = model(x, position_ids=pos, use_cache=False).logits
+    assert sorted(calls[:3], key=str) == sorted([(2, [4, 5]), (1, None), (1, [2, 1, 6])],
+                                                key=str)
+    monkeypatch.setattr(spattn.api, "attention", real)
+    with torch.no_grad():
+        for b, lay in enumerate(layouts):
+            ends = np.cumsum([0] + lay)
+            ref = torch.cat([model(x[b:b + 1, a:e]).logits for a, e in zip(ends, ends[1:])], 1)
+            assert (got[b:b + 1] - ref).abs().max().item() < 1e-12
+
+
+def test_packed_with_a_cache_is_refused():
+    """transformers does not separate packed sequences when a cache is in use (its own sdpa
+    then attends across them): spattn refuses rather than differ silently."""
     model = llama()
     hf.use(model, "causal")
-    pos = torch.tensor([[0, 1, 2, 3, 0, 1, 2, 3, 4]])
-    with pytest.raises(spattn.SpattnError, match="packed sequences"):
-        model(ids(1, 9), position_ids=pos, use_cache=False)
+    docs, batch = packed()
+    kw = dict(position_ids=batch["position_ids"])
+    with pytest.raises(spattn.SpattnError, match="use_cache=False"):
+        model(batch["input_ids"], **kw)  # the default: use_cache=True, a DynamicCache
+    with pytest.raises(spattn.SpattnError, match="use_cache=False"):
+        model(batch["input_ids"], cache=hf.PatternCache(model), **kw)
+
+
+def test_position_documents():
+    from spattn.hf_mask import position_documents
+
+    assert position_documents(torch.tensor([[0, 1, 2, 0, 0, 1]])) == ((3, 1, 2),)
+    assert position_documents(torch.tensor([[3, 4, 5], [0, 1, 2]])) is None
+    assert position_documents(torch.tensor([[0, 1, 0], [0, 1, 2]])) == ((2, 1), (3,))
 
 
 def test_mask_runs_are_compact():

@@ -36,8 +36,15 @@ from .result import Stats
 from .stats import stats
 
 
-def _coverage_at(cov: dict, depth: int) -> float:
-    keys = [k for k in cov if k <= depth]
+def _coverage_at(rf: dict, depth: int) -> float:
+    """A document's coverage at ``depth``: its own figure, or its final one past its
+    ``hops_to_full``."""
+    cov = rf["coverage"]
+    if depth in cov:
+        return float(cov[depth])
+    if depth >= rf["hops_to_full"]:
+        return float(rf["reachable"])
+    keys = [k for k in cov if k <= depth]  # pragma: no cover - every power of 2 is listed
     return float(cov[max(keys)]) if keys else 0.0
 
 
@@ -58,12 +65,14 @@ def document_stats(node: ir.Node, docs: Documents, block_size: int = 128) -> Sta
     causal = all(s.causal for _, _, s in per)
     kv = max(s.kv_cache for _, _, s in per) if causal else None
     grows = any(bool(s.kv_cache_grows) for _, _, s in per) if causal else None
-    depths = sorted({int(k) for _, _, s in per for k in s.receptive_field["coverage"]})
+    hops = max(s.receptive_field["hops_to_full"] for _, _, s in per)
+    depths = sorted({1 << e for e in range(max(1, hops).bit_length()) if 1 << e <= hops}
+                    | {max(1, hops)})
     N2 = float(N) * N
-    cov = {d: sum(c * L * L * _coverage_at(s.receptive_field["coverage"], d)
-                  for L, c, s in per) / N2 for d in depths}
+    cov = {d: sum(c * L * L * _coverage_at(s.receptive_field, d) for L, c, s in per) / N2
+           for d in depths}
     rf = {"reachable": sum(c * L * L * s.receptive_field["reachable"] for L, c, s in per) / N2,
-          "hops_to_full": max(s.receptive_field["hops_to_full"] for _, _, s in per),
+          "hops_to_full": hops,
           "coverage": cov, "exact": exact["receptive_field"]}
     measured = [s.receptive_field.get("measured_at") for _, _, s in per]
     if any(m is not None for m in measured):

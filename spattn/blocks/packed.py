@@ -11,7 +11,7 @@ interval is cut at key-block boundaries; the pieces' pair counts summed per (que
 block) give every nonzero tile and whether it is full — time proportional to the packed
 intervals, never N × N. The ``mask_mod`` reads two per-row tables: the start and end of each
 row's up to ``K`` intervals (``K`` the most intervals of any row, at most
-:data:`MAX_ROW_INTERVALS`).
+:data:`MAX_ROW_INTERVALS`; periodic patterns in long documents have many).
 """
 
 from __future__ import annotations
@@ -29,7 +29,9 @@ from .layout import BlockLayout
 
 __all__ = ["PackedLayout", "packed_blocks", "packed_mask_mod", "MAX_ROW_INTERVALS"]
 
-MAX_ROW_INTERVALS = 64  #: the most intervals per row a packed ``mask_mod`` tests
+MAX_ROW_INTERVALS = 4096  #: the most intervals per row a packed ``mask_mod`` tests
+UNROLL = 16  #: up to this many intervals per row, one comparison each (compiles to a
+#: pointwise kernel); beyond, one vectorised test over the row's interval table
 
 
 class PackedLayout(BlockLayout):
@@ -139,6 +141,9 @@ def packed_mask_mod(node: ir.Node, docs: Documents, device: Any = "cpu"):
 
     def mask_mod_fn(b, h, q_idx, kv_idx):
         q = torch.clamp(q_idx, 0, N)
+        if K > UNROLL:
+            j = kv_idx[..., None]
+            return ((tlo_t[q] <= j) & (j < thi_t[q])).any(-1)
         out = (tlo_t[q, 0] <= kv_idx) & (kv_idx < thi_t[q, 0])
         for k in range(1, K):
             out = out | ((tlo_t[q, k] <= kv_idx) & (kv_idx < thi_t[q, k]))

@@ -1,4 +1,4 @@
-"""``spattn stats PATTERN -n N [-n N2 ...] [--block-size B] [--json]``.
+"""``spattn stats PATTERN -n N [-n N2 ...] [--documents L1,L2,...] [--block-size B] [--json]``.
 
 In: pattern text, one or more sequence lengths, a block size. Out: the pattern's figures
 (:class:`~spattn.Stats`) as a rich table with one column per n, or ``Stats.to_dict()`` as
@@ -11,15 +11,30 @@ import argparse
 import json
 from typing import Any
 
+from ..errors import SpattnError
 from .base import command, compile_pattern, console, positive_int, seq_len, warnings_for
 
 
 def _stats_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("pattern", help="pattern text, e.g. 'local(64) | global([0,-1])'")
-    p.add_argument("-n", dest="n", action="append", type=seq_len, required=True,
+    p.add_argument("-n", dest="n", action="append", type=seq_len,
                    help="sequence length (repeat for one column per length)")
+    p.add_argument("--documents", action="append", type=_lengths, metavar="L1,L2,...",
+                   help="a packed sequence: document lengths, comma-separated (repeat for "
+                        "one column per packing)")
     p.add_argument("--block-size", type=positive_int, default=128, help="block size (128)")
     p.add_argument("--json", action="store_true", help="print Stats.to_dict() as JSON")
+
+
+def _lengths(text: str):
+    from ..documents import documents
+    from ..errors import SpattnError
+
+    try:
+        return documents([int(x) for x in text.replace(" ", "").split(",") if x])
+    except (ValueError, SpattnError) as e:
+        raise argparse.ArgumentTypeError(f"document lengths must be positive integers "
+                                         f"separated by commas, got {text!r}: {e}") from None
 
 
 def _fmt_int(v) -> str:
@@ -32,7 +47,8 @@ def _stats_table(rows: list) -> Any:
     t = Table(title=rows[0].pattern, title_justify="left")
     t.add_column("figure", style="bold")
     for s in rows:
-        t.add_column(f"n = {s.seq_len:,}", justify="right")
+        docs = "" if s.documents is None else f" ({s.documents['count']:,} docs)"
+        t.add_column(f"n = {s.seq_len:,}{docs}", justify="right")
 
     def mark(s, key):
         return "" if s.exact.get(key, True) else " ~"
@@ -77,7 +93,11 @@ def _stats_table(rows: list) -> Any:
 def cmd_stats(args: argparse.Namespace) -> int:
     """`spattn stats`: the figures as a table (one column per n) or JSON."""
     p = compile_pattern(args.pattern)
-    rows = [p.stats(n, block_size=args.block_size) for n in args.n]
+    sizes = list(args.n or []) + list(args.documents or [])
+    if not sizes:
+        raise SpattnError("spattn stats needs a sequence length (-n N) or document lengths "
+                          "(--documents L1,L2,...)")
+    rows = [p.stats(n, block_size=args.block_size) for n in sizes]
     if args.json:
         data = [s.to_dict() for s in rows]
         print(json.dumps(data[0] if len(data) == 1 else data, indent=2))
