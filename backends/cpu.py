@@ -127,12 +127,12 @@ def _hview(x: torch.Tensor, t: int, s: int, base: int, tile_step: int, step: int
 
 class FastRun(NamedTuple):
     """A run of the head-major path: ``tiles`` tiles of ``rows`` query rows read through
-    ``strides``; ``span`` is the (start, stop) of the group's tiles it covers (their masks),
-    or None for fused unmasked tiles."""
+    ``strides`` (None: gathered by the group's indices); ``span`` is the (start, stop) of the
+    group's tiles it covers (their masks and indices), or None for fused unmasked tiles."""
 
     tiles: int
     rows: int
-    strides: Strides
+    strides: Strides | None
     span: tuple[int, int] | None
 
 
@@ -157,7 +157,9 @@ def fast_runs(g: Group) -> list[FastRun]:
     runs: list[FastRun] = []
     for sg in g.segments:
         st, count = sg.strides, sg.stop - sg.start
-        if g.bias is None and st.k_tile == 0 and st.q_step == 1 and st.q_tile == g.bq \
+        if st is None:  # gathered tiles
+            runs.append(FastRun(count, g.bq, None, (sg.start, sg.stop)))
+        elif g.bias is None and st.k_tile == 0 and st.q_step == 1 and st.q_tile == g.bq \
                 and count > 1:
             s = count * g.bq
             prev = runs[-1] if runs else None
@@ -179,22 +181,46 @@ def fast_runs(g: Group) -> list[FastRun]:
     return runs
 
 
+def _hgather(x: torch.Tensor, idx: torch.Tensor, t: int, s: int) -> torch.Tensor:
+    """Rows ``idx`` of a head-major (BH, S, D) tensor as (t, BH, s, D) tiles (a view of one
+    gathered copy)."""
+    return x.index_select(1, idx).view(x.shape[0], t, s, x.shape[2]).transpose(0, 1)
+
+
+def _uncovered(comp, m: int) -> torch.Tensor:
+    """Query rows (< m) that no tile of the component holds (cached on the component)."""
+    if comp.uncovered is None:
+        seen = torch.zeros(m + 1, dtype=torch.bool)
+        for g in comp.groups:
+            seen[g.qs] = True
+        comp.uncovered = torch.nonzero(~seen[:m]).flatten()
+    return comp.uncovered
+
+
 def _forward_hm(plan: Plan, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, scale: float,
                 out: torch.Tensor | None = None):
-    """:func:`_forward` for head-major inputs q (BH, m, D), k, v (BH, n, D) of a plan whose
-    tiles are all strided: every tile is read in place from the caller's layout, and with a
-    single component and no empty row the result is written straight into ``out``."""
+    """Output (BH, m, D) and log-sum-exp (BH, m) of one plan for head-major inputs
+    q (BH, m, D), k, v (BH, n, D) (any strides with unit last stride): strided tiles are read
+    in place from the caller's layout, gathered tiles by ``index_select`` along the sequence;
+    with a single component and no empty row the result is written straight into ``out``.
+    No layout copy of q, k or v."""
     BH, m, D = q.shape
     per_row = BH * D * q.element_size()
     parts = []
     direct = len(plan.components) == 1 and not bool(plan.empty.any())
     for comp in plan.components:
-        if direct:
-            o = out if out is not None else q.new_empty(BH, m, D)
-            lse = q.new_empty(BH, m)
+        gathered = any(sg.strides is None for g in comp.groups for sg in g.segments)
+        rows = m + 1 if gathered else m  # gathered padding slots write row m
+        if direct and not gathered and out is not None:
+            o = out
         else:
-            o = q.new_zeros(BH, m, D)
-            lse = q.new_full((BH, m), float("-inf"))
+            o = q.new_empty(BH, rows, D)
+        lse = q.new_empty(BH, rows)
+        if not direct:  # rows outside this component's tiles: no pairs here
+            miss = _uncovered(comp, m)
+            if len(miss):
+                o.index_fill_(1, miss, 0.0)
+                lse.index_fill_(1, miss, float("-inf"))
         for g in comp.groups:
             bias = g.bias_as(q.dtype)
             for run in fast_runs(g):
@@ -204,12 +230,23 @@ def _forward_hm(plan: Plan, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, s
                     t = min(run.tiles, a + step) - a
                     mask = None if run.span is None or bias is None else \
                         bias[run.span[0] + a:run.span[0] + a + t]
+                    if run.strides is None:
+                        u = run.span[0] + a
+                        ki = g.kidx[u * g.L:(u + t) * g.L]
+                        ot, lt = _FLASH(_hgather(q, g.qg[u * s:(u + t) * s], t, s),
+                                        _hgather(k, ki, t, g.L), _hgather(v, ki, t, g.L),
+                                        attn_mask=mask, scale=scale)
+                        idx = g.qs[u * s:(u + t) * s]
+                        o.index_copy_(1, idx, ot.transpose(0, 1).reshape(BH, t * s, D))
+                        lse.index_copy_(1, idx, lt.transpose(0, 1).reshape(BH, t * s)
+                                        .to(lse.dtype))
+                        continue
                     st = run.strides.from_tile(a)
                     ot, lt = _FLASH(_q(_hview, q, t, s, st), _k(_hview, k, t, g.L, st),
                                     _k(_hview, v, t, g.L, st), attn_mask=mask, scale=scale)
                     _q(_hview, o, t, s, st).copy_(ot)
                     _q(_hview, lse, t, s, st).copy_(lt)
-        parts.append((o, lse))
+        parts.append((o[:, :m], lse[:, :m]))
     if not parts:
         return q.new_zeros(BH, m, D), q.new_full((BH, m), float("-inf"))
     return _merge(parts, out)
@@ -226,39 +263,6 @@ def _merge(parts, out: torch.Tensor | None = None):
     for o, lse in parts:
         res.addcmul_(o, torch.exp(lse - Ls).unsqueeze(-1))
     return res, L
-
-
-def _forward(plan: Plan, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, scale: float):
-    """Output (m, BH, D) and log-sum-exp (m, BH) of one plan, for sequence-major inputs
-    q (m, BH, D) and k, v (n, BH, D)."""
-    m, BH, D = q.shape
-    parts = []
-    per_row = BH * D * q.element_size()
-    for comp in plan.components:
-        o = q.new_zeros(m + 1, BH, D)
-        lse = q.new_full((m + 1, BH), float("-inf"))
-        for g in comp.groups:
-            bias = g.bias_as(q.dtype)
-            for a, b, st in _runs(g, g.L * per_row):
-                t = b - a
-                mask = None if bias is None else bias[a:b]
-                if st is None:
-                    ki = g.kidx[a * g.L:b * g.L]
-                    ot, lt = _FLASH(_gather(q, g.qg[a * g.bq:b * g.bq], t, g.bq),
-                                    _gather(k, ki, t, g.L), _gather(v, ki, t, g.L),
-                                    attn_mask=mask, scale=scale)
-                    idx = g.qs[a * g.bq:b * g.bq]
-                    o.index_copy_(0, idx, _rows(ot))
-                    lse.index_copy_(0, idx, _rows(lt).to(lse.dtype))
-                else:
-                    ot, lt = _FLASH(_q(_view, q, t, g.bq, st), _k(_view, k, t, g.L, st),
-                                    _k(_view, v, t, g.L, st), attn_mask=mask, scale=scale)
-                    _q(_view, o, t, g.bq, st).copy_(ot)
-                    _q(_view, lse, t, g.bq, st).copy_(lt)
-        parts.append((o[:m], lse[:m]))
-    if not parts:
-        return q.new_zeros(m, BH, D), q.new_full((m, BH), float("-inf"))
-    return _merge(parts)
 
 
 def _backward(plan: Plan, q, k, v, out, lse, dout, scale: float):
@@ -370,22 +374,17 @@ def forward_lse(q, k, v, plans: tuple[Plan, ...], scale: float):
     q, k, v = q.detach(), k.detach(), v.detach()
     for plan, heads in heads_by_plan(plans):
         kvh, _ = kv_heads(heads, H, k.shape[1])
-        if all_strided(plan):  # read (B, H, S, D) in place: no layout copies
-            o, lz = _forward_hm(plan, _head_major(q, heads, ct), _head_major(k, kvh, ct),
-                                _head_major(v, kvh, ct), scale,
-                                out.view(B * H, m, D) if len(heads) == H else None)
-            if len(heads) == H:
-                if o.data_ptr() != out.data_ptr():
-                    out.view(B * H, m, D).copy_(o)
-                lse.view(B * H, m).copy_(lz)
-            else:
-                out[:, heads] = o.view(B, len(heads), m, D)
-                lse[:, heads] = lz.view(B, len(heads), m)
-            continue
-        o, lz = _forward(plan, _seq_major(q, heads, ct), _seq_major(k, kvh, ct),
-                         _seq_major(v, kvh, ct), scale)
-        _put(out, heads, o)
-        _put(lse, heads, lz)
+        # read (B, H, S, D) in place: no layout copies
+        o, lz = _forward_hm(plan, _head_major(q, heads, ct), _head_major(k, kvh, ct),
+                            _head_major(v, kvh, ct), scale,
+                            out.view(B * H, m, D) if len(heads) == H else None)
+        if len(heads) == H:
+            if o.data_ptr() != out.data_ptr():
+                out.view(B * H, m, D).copy_(o)
+            lse.view(B * H, m).copy_(lz)
+        else:
+            out[:, heads] = o.view(B, len(heads), m, D)
+            lse[:, heads] = lz.view(B, len(heads), m)
     return out, lse
 
 

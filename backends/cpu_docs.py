@@ -23,7 +23,7 @@ import torch
 from spattn import guard, packed
 from spattn.documents import Documents
 
-DENSE_MIN = 512  #: shortest document run through the dense route
+DENSE_MIN = 1024  #: shortest document run through the dense route
 
 _FLASH = torch.ops.aten._scaled_dot_product_flash_attention_for_cpu
 _FLASH_BW = torch.ops.aten._scaled_dot_product_flash_attention_for_cpu_backward

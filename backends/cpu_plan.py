@@ -74,6 +74,7 @@ class Component:
     groups: list[Group]
     nnz: int
     area: int
+    uncovered: torch.Tensor | None = field(default=None, repr=False)  # executor's cache
 
 
 @dataclass

@@ -770,6 +770,15 @@ def test_half_dtypes(backend, dtype, tol):
         assert x.grad.dtype == dtype and torch.isfinite(x.grad.float()).all()
 
 
+@pytest.fixture
+def dense512(monkeypatch):
+    """The dense route from 512 tokens (its default threshold is longer), to test it at
+    sizes the suite can afford."""
+    from spattn.backends import cpu_docs
+
+    monkeypatch.setattr(cpu_docs, "DENSE_MIN", 512)
+
+
 @pytest.mark.parametrize("text,lengths,dtype", [
     ("causal", [600, 3, 512, 1], torch.float32),
     ("full", [1, 530], torch.float64),
@@ -777,9 +786,12 @@ def test_half_dtypes(backend, dtype, tol):
     ("window(511, 0)", [512, 513, 3], torch.float64),  # causal at 512 and 3 only
     ("local(515)", [525, 512], torch.float32),  # full at 512, not at 525
 ])
-def test_long_dense_documents(text, lengths, dtype):
+def test_long_dense_documents(text, lengths, dtype, dense512):
     # long documents whose pattern is exactly causal or full at their length, next to short
     # ones and to other patterns: forward and backward against the packed oracle, GQA
+    from spattn.backends import cpu_docs
+
+    assert cpu_docs.dense_classes(spattn.compile(text).node, spattn.documents(lengths))
     tol = 1e-5 if dtype == torch.float32 else 1e-10
     N = sum(lengths)
     q, k, v = _qkv(1, 2, N, 8, dtype, grad=True, H_kv=1)
@@ -794,7 +806,7 @@ def test_long_dense_documents(text, lengths, dtype):
 
 
 @pytest.mark.parametrize("dtype,tol", [(torch.bfloat16, 2e-2), (torch.float16, 2e-3)])
-def test_long_dense_documents_half(dtype, tol):
+def test_long_dense_documents_half(dtype, tol, dense512):
     lengths = [520, 3]
     q, k, v = _qkv(2, 2, 523, 16, dtype, grad=True)
     out = spattn.attention(q, k, v, "causal", documents=lengths, backend="cpu")
@@ -819,7 +831,7 @@ def _dense_f(masks, scale=None):
     return f
 
 
-def test_long_dense_documents_per_head_and_double_backward():
+def test_long_dense_documents_per_head_and_double_backward(dense512):
     lengths = [515, 2, 9]
     pats = ["causal", "local(3) | global([0])"]
     q, k, v = _qkv(1, 2, sum(lengths), 4, torch.float64, grad=True, seed=3)
