@@ -37,8 +37,9 @@ import torch
 
 sys.path.insert(0, os.path.dirname(__file__))
 
-import spattn  # noqa: E402
 from _common import SUITE, header, table  # noqa: E402
+
+import spattn  # noqa: E402
 
 LENGTHS = [1000, 1009, 1023, 1024, 1025, 1100, 1201, 1500, 1536, 1999, 2000, 2047, 2048,
            2049, 2500, 2503, 3000, 3071, 3072, 3500, 3583, 4000, 4093, 4095, 4096, 4097, 4500,
