@@ -420,21 +420,13 @@ def double_backward(q, k, v, dout, plans: tuple[Plan, ...], scale: float,
     recomputed through :mod:`.cpu_graph`'s plain torch ops, exact to every order."""
     from . import cpu_graph
 
-    xs = [x if x.requires_grad else x.detach() for x in (q, k, v)]
-    want = [i for i in range(3) if needs[i]]
     g = q.shape[1] // k.shape[1]
-    with torch.enable_grad():
-        for i in want:
-            if not xs[i].requires_grad:
-                xs[i] = xs[i].detach().requires_grad_()
-        kk, vv = (x.repeat_interleave(g, 1) if g > 1 else x for x in xs[1:])
-        o = cpu_graph.attention(xs[0], kk, vv, plans, scale)
-        got = torch.autograd.grad(o, [xs[i] for i in want], dout, create_graph=True,
-                                  allow_unused=True)
-    out = [None, None, None]
-    for i, g in zip(want, got, strict=True):
-        out[i] = torch.zeros_like(xs[i]) if g is None else g
-    return tuple(out)
+
+    def f(q, k, v):
+        kk, vv = (x.repeat_interleave(g, 1) if g > 1 else x for x in (k, v))
+        return cpu_graph.attention(q, kk, vv, plans, scale)
+
+    return cpu_graph.recomputed_grads(f, (q, k, v), dout, needs)
 
 
 class _SparseAttention(torch.autograd.Function):
@@ -544,8 +536,8 @@ class CPUBackend:
         shared = all(p is patterns[0] for p in patterns)
         dense = cpu_docs.dense_classes(patterns[0].node, docs) if shared else {}
         skip = frozenset(dense)
-        if len(skip) == len(docs.classes):
-            out = torch.zeros_like(q) + (q.sum() + k.sum() + v.sum()) * 0
+        if len(skip) == len(docs.classes):  # every row comes from the dense part
+            out = q.new_empty(q.shape)
         else:
             out = _SparseAttention.apply(q, k, v, self.plans(q, k, patterns, docs, skip),
                                          float(scale))

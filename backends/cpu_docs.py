@@ -21,6 +21,7 @@ import numpy as np
 import torch
 
 from spattn import guard, packed
+from spattn.cache import LRUCache
 from spattn.documents import Documents
 
 DENSE_MIN = 1024  #: shortest document run through the dense route
@@ -42,8 +43,20 @@ def dense_kind(node, length: int, docs: Documents | None = None) -> str | None:
     return None
 
 
+_DENSE_CLASSES = LRUCache("cpu dense documents", 256)
+
+
 def dense_classes(node, docs: Documents) -> dict[int, str]:
-    """The lengths that take the dense route, with their kind."""
+    """The lengths that take the dense route, with their kind (cached per pattern and
+    documents)."""
+    key = (node, docs, DENSE_MIN)
+    got = _DENSE_CLASSES.get(key)
+    if got is None:
+        got = _DENSE_CLASSES.put(key, _dense_classes(node, docs))
+    return got
+
+
+def _dense_classes(node, docs: Documents) -> dict[int, str]:
     out = {}
     for L, _ in docs.classes:
         if L >= DENSE_MIN:
@@ -78,10 +91,10 @@ class _Dense(torch.autograd.Function):
     def backward(ctx, dout):  # type: ignore[override]
         q, k, v, out, lse = ctx.saved_tensors
         if torch.is_grad_enabled():  # create_graph=True
-            xs = [x if x.requires_grad else x.detach().requires_grad_() for x in (q, k, v)]
-            with torch.enable_grad():
-                o = _math(*xs, ctx.causal, ctx.scale)
-                g = torch.autograd.grad(o, xs, dout, create_graph=True)
+            from .cpu_graph import recomputed_grads
+
+            g = recomputed_grads(lambda *xs: _math(*xs, ctx.causal, ctx.scale), (q, k, v),
+                                 dout, tuple(ctx.needs_input_grad[:3]))
             return (*g, None, None)
         ct = out.dtype
         gq, gk, gv = _FLASH_BW(dout.to(ct).contiguous(), q.to(ct), k.to(ct), v.to(ct), out,
@@ -92,26 +105,18 @@ class _Dense(torch.autograd.Function):
 def dense_part(q, k, v, docs: Documents, dense: dict[int, str], scale: float):
     """``(positions, out)``: the dense documents' outputs (B, H, P, D) at packed positions
     (int64 tensor of P)."""
-    B, H, N, D = q.shape
-    g = H // k.shape[1]
+    g = q.shape[1] // k.shape[1]
     pos_all, outs = [], []
     for L, idx in docs.classes:
         kind = dense.get(L)
         if kind is None:
             continue
         pos = torch.from_numpy(packed.class_positions(docs, idx, L))
-        c = len(idx)
-
-        def take(x, pos=pos, c=c, L=L):
-            h = x.shape[1]
-            return x.index_select(2, pos).view(B, h, c, L, D).transpose(1, 2).reshape(
-                B * c, h, L, D)
-
-        kk, vv = take(k), take(v)
+        qq, kk, vv = (packed.class_batch(x, pos, len(idx), L) for x in (q, k, v))
         if g > 1:
             kk, vv = kk.repeat_interleave(g, 1), vv.repeat_interleave(g, 1)
-        o = _Dense.apply(take(q), kk, vv, kind == "causal", float(scale))
-        outs.append(o.view(B, c, H, L, D).transpose(1, 2).reshape(B, H, c * L, D))
+        o = _Dense.apply(qq, kk, vv, kind == "causal", float(scale))
+        outs.append(packed.class_unbatch(o, q.shape[0]))
         pos_all.append(pos)
     return torch.cat(pos_all), torch.cat(outs, 2)
 

@@ -87,3 +87,22 @@ def attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, plans: tuple[Pl
         for t, h in enumerate(heads):
             heads_out[h] = o[:, t]
     return torch.stack(heads_out, dim=1).to(q.dtype)
+
+
+def recomputed_grads(f, xs, dout: torch.Tensor, needs=(True, True, True)):
+    """Gradients of ``f(*xs)`` against ``dout`` that are themselves differentiable
+    (``create_graph=True``), by recomputing ``f`` with plain torch ops: one per input, None
+    where ``needs`` is False, zeros where an input does not reach the output."""
+    xs = [x if x.requires_grad else x.detach() for x in xs]
+    want = [i for i, w in enumerate(needs) if w]
+    with torch.enable_grad():
+        for i in want:
+            if not xs[i].requires_grad:
+                xs[i] = xs[i].detach().requires_grad_()
+        got = torch.autograd.grad(f(*xs), [xs[i] for i in want], dout, create_graph=True,
+                                  allow_unused=True)
+    out = [None] * len(xs)
+    for i, g in zip(want, got, strict=True):
+        out[i] = torch.zeros_like(xs[i]) if g is None else g
+    return tuple(out)
+

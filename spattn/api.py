@@ -212,21 +212,14 @@ def by_length(q, k, v, docs, run):
     import numpy as np
     import torch
 
-    from .packed import class_positions
+    from .packed import class_batch, class_positions, class_unbatch
 
-    B, H, N, D = q.shape
     outs, where = [], []
     for L, idx in docs.classes:
         pos = torch.from_numpy(class_positions(docs, idx, L)).to(q.device)
         c = len(idx)
-
-        def take(x, pos=pos, c=c, L=L):
-            h = x.shape[1]
-            y = x.index_select(2, pos).view(B, h, c, L, D).transpose(1, 2)
-            return y.reshape(B * c, h, L, D)
-
-        o = run(take(q), take(k), take(v))
-        outs.append(o.view(B, c, H, L, D).transpose(1, 2).reshape(B, H, c * L, D))
+        o = run(*(class_batch(x, pos, c, L) for x in (q, k, v)))
+        outs.append(class_unbatch(o, q.shape[0]))
         where.append(pos)
     if len(outs) == 1:  # one length: the documents are already in sequence order
         return outs[0]

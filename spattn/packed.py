@@ -166,6 +166,23 @@ def class_positions(docs: Documents, idx: np.ndarray, length: int) -> np.ndarray
     return (docs.starts[idx][:, None] + np.arange(length)).ravel()
 
 
+def class_batch(x, pos, count: int, length: int):
+    """Documents of one length out of a packed (B, h, N, D) tensor, stacked in the batch:
+    (B * count, h, length, D); ``pos`` is :func:`class_positions` as a tensor on x's device.
+    Differentiable (a gather)."""
+    B, h, _, D = x.shape
+    y = x.index_select(2, pos).view(B, h, count, length, D).transpose(1, 2)
+    return y.reshape(B * count, h, length, D)
+
+
+def class_unbatch(y, batch: int):
+    """:func:`class_batch`'s inverse layout: (batch * count, h, length, D) -> (batch, h,
+    count * length, D), documents in ``pos`` order."""
+    c = y.shape[0] // batch
+    h, L, D = y.shape[1:]
+    return y.view(batch, c, h, L, D).transpose(1, 2).reshape(batch, h, c * L, D)
+
+
 def main_length(docs: Documents) -> int:
     """The document length holding the most tokens (ties: the longer)."""
     a = docs.array
