@@ -74,31 +74,6 @@ def _chunks(T: int, per_tile: int):
         yield a, min(T, a + step)
 
 
-def _gather(x: torch.Tensor, idx: torch.Tensor, t: int, s: int) -> torch.Tensor:
-    """Rows ``idx`` of a sequence-major (S, BH, D) tensor as (t, BH, s, D) tiles."""
-    BH, D = x.shape[1], x.shape[2]
-    return x.index_select(0, idx).view(t, s, BH, D).transpose(1, 2)
-
-
-def _rows(x: torch.Tensor) -> torch.Tensor:
-    """(t, BH, s, ...) tiles back to sequence-major rows (t*s, BH, ...)."""
-    x = x.transpose(1, 2)
-    return x.reshape(x.shape[0] * x.shape[1], *x.shape[2:])
-
-
-def _view(x: torch.Tensor, t: int, s: int, base: int, tile_step: int, step: int):
-    """Tiles of a sequence-major (S, BH, D) or (S, BH) tensor as a strided view
-    (t, BH, s[, D]): tile u, slot i is row base + u*tile_step + i*step. No copy."""
-    BH = x.shape[1]
-    if x.dim() == 2:
-        return x.as_strided((t, BH, s), (tile_step * BH, 1, step * BH),
-                            x.storage_offset() + base * BH)
-    D = x.shape[2]
-    rs = BH * D
-    return x.as_strided((t, BH, s, D), (tile_step * rs, D, step * rs, 1),
-                        x.storage_offset() + base * rs)
-
-
 def _runs(g: Group, per_tile: int):
     """Yield ``(a, b, strides)``: chunks of a group's segments, strides started at tile a."""
     for sg in g.segments:
@@ -266,18 +241,20 @@ def _merge(parts, out: torch.Tensor | None = None):
 
 
 def _backward(plan: Plan, q, k, v, out, lse, dout, scale: float):
-    """Gradients (dq, dk, dv) of one plan, sequence-major, given the final output and
-    log-sum-exp (whose use makes each tile's gradient its exact share of the whole)."""
-    m, BH, D = q.shape
-    dq = q.new_zeros(m + 1, BH, D)
-    dk = torch.zeros_like(k)
-    dv = torch.zeros_like(v)
+    """Gradients (dq, dk, dv) of one plan for head-major q, out, dout (BH, m, D), lse (BH, m)
+    and k, v (BH_kv, n, D), given the final output and log-sum-exp (whose use makes each
+    tile's gradient its exact share of the whole). Strided tiles are read in place, gathered
+    ones by ``index_select`` along the sequence."""
+    BH, m, D = q.shape
+    dq = q.new_zeros(BH, m + 1, D)
+    dk = torch.zeros(k.shape, dtype=k.dtype)
+    dv = torch.zeros(v.shape, dtype=v.dtype)
     # empty rows never appear in tiles; padding slots read row m: output 0, lse +inf
     inf = float("inf")
     lse_b = torch.cat([torch.where(torch.isneginf(lse), torch.full_like(lse, inf), lse),
-                       lse.new_full((1, BH), inf)])
-    out_p = torch.cat([out, out.new_zeros(1, BH, D)])
-    dout_p = torch.cat([dout, dout.new_zeros(1, BH, D)])
+                       lse.new_full((BH, 1), inf)], 1)
+    out_p = torch.cat([out, out.new_zeros(BH, 1, D)], 1)
+    dout_p = torch.cat([dout, dout.new_zeros(BH, 1, D)], 1)
     per_row = BH * D * q.element_size()
     for comp in plan.components:
         for g in comp.groups:
@@ -288,38 +265,29 @@ def _backward(plan: Plan, q, k, v, out, lse, dout, scale: float):
                 mask = None if bias is None else bias[a:b]
                 if st is None:
                     idx = g.qs[a * g.bq:b * g.bq]
-                    lt = lse_b.index_select(0, idx).view(t, g.bq, BH).transpose(1, 2)
-                    gq, gk, gv = _FLASH_BW(_gather(dout_p, idx, t, g.bq),
-                                           _gather(q, g.qg[a * g.bq:b * g.bq], t, g.bq),
-                                           _gather(k, ki, t, g.L), _gather(v, ki, t, g.L),
-                                           _gather(out_p, idx, t, g.bq), lt, 0.0, False,
+                    lt = lse_b.index_select(1, idx).view(BH, t, g.bq).transpose(0, 1)
+                    gq, gk, gv = _FLASH_BW(_hgather(dout_p, idx, t, g.bq),
+                                           _hgather(q, g.qg[a * g.bq:b * g.bq], t, g.bq),
+                                           _hgather(k, ki, t, g.L), _hgather(v, ki, t, g.L),
+                                           _hgather(out_p, idx, t, g.bq), lt, 0.0, False,
                                            attn_mask=mask, scale=scale)
-                    dq.index_add_(0, idx, _rows(gq))
+                    dq.index_add_(1, idx, gq.transpose(0, 1).reshape(BH, t * g.bq, D))
                 else:
-                    gq, gk, gv = _FLASH_BW(_q(_view, dout_p, t, g.bq, st),
-                                           _q(_view, q, t, g.bq, st),
-                                           _k(_view, k, t, g.L, st), _k(_view, v, t, g.L, st),
-                                           _q(_view, out_p, t, g.bq, st),
-                                           _q(_view, lse_b, t, g.bq, st), 0.0, False,
+                    gq, gk, gv = _FLASH_BW(_q(_hview, dout_p, t, g.bq, st),
+                                           _q(_hview, q, t, g.bq, st),
+                                           _k(_hview, k, t, g.L, st), _k(_hview, v, t, g.L, st),
+                                           _q(_hview, out_p, t, g.bq, st),
+                                           _q(_hview, lse_b, t, g.bq, st), 0.0, False,
                                            attn_mask=mask, scale=scale)
-                    _q(_view, dq, t, g.bq, st).add_(gq)
+                    _q(_hview, dq, t, g.bq, st).add_(gq)
                     if st.q_tile == 0 and t > 1:  # pragma: no cover - runs never repeat rows
                         raise AssertionError("overlapping query tiles")
                     # padding key slots of strided tiles read other keys; their gradient is
                     # exactly 0 (masked), so index_add_ through kidx is still exact
-                dk.index_add_(0, ki, _rows(gk))
-                dv.index_add_(0, ki, _rows(gv))
-    return dq[:m], dk, dv
-
-
-def _seq_major(x: torch.Tensor, heads: list[int], dtype: torch.dtype) -> torch.Tensor:
-    """(B, H, S, D) -> (S, B*len(heads), D) contiguous in ``dtype``."""
-    B, H, S, D = x.shape
-    if len(heads) != H:
-        x = x[:, heads]
-    y = torch.empty(S, B, len(heads), D, dtype=dtype)
-    y.copy_(x.permute(2, 0, 1, 3))
-    return y.view(S, B * len(heads), D)
+                h = gk.shape[1]
+                dk.index_add_(1, ki, gk.transpose(0, 1).reshape(h, t * g.L, D))
+                dv.index_add_(1, ki, gv.transpose(0, 1).reshape(h, t * g.L, D))
+    return dq[:, :m], dk, dv
 
 
 def _head_major(x: torch.Tensor, heads: list[int], dtype: torch.dtype) -> torch.Tensor:
@@ -331,16 +299,6 @@ def _head_major(x: torch.Tensor, heads: list[int], dtype: torch.dtype) -> torch.
     if x.stride(-1) != 1:
         x = x.contiguous()
     return x.reshape(B * len(heads), S, D)
-
-
-def _put(dst: torch.Tensor, heads: list[int], val: torch.Tensor) -> None:
-    """Write sequence-major (S, B*nh, ...) ``val`` into ``dst[:, heads]`` of (B, H, S, ...)."""
-    B, H, S = dst.shape[:3]
-    v = val.reshape(S, B, len(heads), *val.shape[2:]).movedim(0, 2)
-    if len(heads) == H:
-        dst.copy_(v)
-    else:
-        dst[:, heads] = v
 
 
 def kv_heads(heads: list[int], H: int, Hkv: int) -> tuple[list[int], bool]:
@@ -355,13 +313,6 @@ def kv_heads(heads: list[int], H: int, Hkv: int) -> tuple[list[int], bool]:
     if heads == [h for j in kvh for h in range(j * g, (j + 1) * g)]:
         return kvh, True
     return [h // g for h in heads], False
-
-
-def _add(dst: torch.Tensor, heads: list[int], val: torch.Tensor) -> None:
-    """Add sequence-major (S, B*nh, D) ``val`` into ``dst[:, heads]`` (heads may repeat)."""
-    B, _, S = dst.shape[:3]
-    v = val.reshape(S, B, len(heads), *val.shape[2:]).movedim(0, 2)
-    dst.index_add_(1, torch.tensor(heads, dtype=torch.long), v)
 
 
 def forward_lse(q, k, v, plans: tuple[Plan, ...], scale: float):
@@ -399,18 +350,31 @@ def backward_lse(q, k, v, out, lse, dout, plans: tuple[Plan, ...], scale: float)
     whole = all(aligned for *_, aligned in groups)  # each key head written by one plan
     dq = torch.empty(q.shape, dtype=ct)
     dk, dv = ((torch.empty if whole else torch.zeros)(x.shape, dtype=ct) for x in (k, v))
+    B, _, m, D = q.shape
+    n = k.shape[2]
     for plan, heads, kvh, aligned in groups:
-        gq, gk, gv = _backward(plan, _seq_major(q, heads, ct), _seq_major(k, kvh, ct),
-                               _seq_major(v, kvh, ct), _seq_major(out, heads, ct),
-                               _seq_major(lse.unsqueeze(-1), heads, ct).squeeze(-1),
-                               _seq_major(dout, heads, ct), scale)
-        _put(dq, heads, gq)
+        nh = len(heads)
+        lz = lse if nh == H else lse[:, heads]
+        gq, gk, gv = _backward(plan, _head_major(q, heads, ct), _head_major(k, kvh, ct),
+                               _head_major(v, kvh, ct), _head_major(out, heads, ct),
+                               lz.to(ct).reshape(B * nh, m), _head_major(dout, heads, ct),
+                               scale)
+        gq = gq.reshape(B, nh, m, D)
+        gk, gv = (x.view(B, len(kvh), n, D) for x in (gk, gv))
+        if nh == H:
+            dq.copy_(gq)
+        else:
+            dq[:, heads] = gq
         if aligned:
-            _put(dk, kvh, gk)
-            _put(dv, kvh, gv)
+            for dst, val in ((dk, gk), (dv, gv)):
+                if len(kvh) == dst.shape[1]:
+                    dst.copy_(val)
+                else:
+                    dst[:, kvh] = val
         else:  # key heads repeated per query head: their shares add up
-            _add(dk, kvh, gk)
-            _add(dv, kvh, gv)
+            at = torch.tensor(kvh, dtype=torch.long)
+            dk.index_add_(1, at, gk)
+            dv.index_add_(1, at, gv)
     return dq.to(q.dtype), dk.to(k.dtype), dv.to(v.dtype)
 
 
