@@ -55,6 +55,7 @@ _TILE_NS = 1500.0  # fixed cost of a tile (bookkeeping, short loops in the fused
 _COMPONENT_NS_PER_ROW = 40.0  # merge cost per query row of each extra component
 _BITMAP_CELLS = 1 << 24  # tiles x n cells per bitmap chunk (16 MiB of bool)
 _TILE_HEIGHTS = (32, 64, 128)
+_EXACT_ROWS = 64  # single-row tiles up to this many get exact key counts
 
 
 def _bucket(L: np.ndarray) -> np.ndarray:
@@ -335,7 +336,12 @@ def _build(iv: _Iv, kind: str, how: tuple, off: int, n: int, m: int,
             _, c = np.nonzero(cover)
             kc_parts.append(c)
         kcol = np.concatenate(kc_parts) if kc_parts else _EMPTY
-    Lp = _merge_buckets(_bucket(L), bq)
+    if order == "rows" and T <= _EXACT_ROWS:
+        # a few long single rows (global rows): their own exact shapes, so that each reads
+        # its keys through a strided view instead of gathering thousands of padded slots
+        Lp = np.maximum(L, 1)
+    else:
+        Lp = _merge_buckets(_bucket(L), bq)
     area = int((Lp * bq).sum())
     guard.check(area * 12 + len(kcol) * 16, f"a CPU attention plan with {area:,} score "
                 "slots", "use a sparser pattern or a smaller n")
