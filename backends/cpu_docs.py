@@ -1,13 +1,14 @@
-"""The CPU backend over packed documents: long documents whose pattern is dense run through
-PyTorch's fused kernel directly; the rest share one packed plan.
+"""The CPU backend over packed documents: documents whose pattern is dense at their length
+run through PyTorch's fused kernel directly; the rest share one packed plan.
 
 In: q (B, H, N, D), k and v (B, H_kv, N, D), one pattern for every head, the scale and a
 :class:`~spattn.documents.Documents`. Out: (B, H, N, D), differentiable.
 
-How: a length class whose pattern is, at that length, exactly ``causal`` or ``full`` (read
-from its cached intervals) and whose documents are long (>= :data:`DENSE_MIN`) needs no plan:
-its documents are gathered into the batch dimension and run by the fused CPU flash kernel
-with ``is_causal`` (memory proportional to the documents, not to their pairs — a plan of a
+How: a length class whose pattern is, at that length, exactly ``full``, or exactly
+``causal`` with documents short (<= :data:`SHORT_MAX`: one batched call beats many small
+tiles) or long (>= :data:`DENSE_MIN`), needs no plan (read from its cached intervals): its
+documents are gathered into the batch dimension and run by the fused CPU flash kernel with
+``is_causal`` (memory proportional to the documents, not to their pairs — a plan of a
 32K-token causal document would hold half a billion slots). Every other document goes
 through the packed plan (:func:`spattn.backends.cpu_planner.build_plan` with those lengths
 left out: their rows are empty there). The two parts are put together by ``index_copy``,
@@ -24,7 +25,10 @@ from spattn import guard, packed
 from spattn.cache import LRUCache
 from spattn.documents import Documents
 
-DENSE_MIN = 1024  #: shortest document run through the dense route
+DENSE_MIN = 1024  #: shortest long document run through the dense route
+#: longest short document run through it (between the two, the plan's tiles skip more of a
+#: causal document's upper triangle than the fused kernel's 512-key blocks do)
+SHORT_MAX = 128
 
 _FLASH = torch.ops.aten._scaled_dot_product_flash_attention_for_cpu
 _FLASH_BW = torch.ops.aten._scaled_dot_product_flash_attention_for_cpu_backward
@@ -49,7 +53,7 @@ _DENSE_CLASSES = LRUCache("cpu dense documents", 256)
 def dense_classes(node, docs: Documents) -> dict[int, str]:
     """The lengths that take the dense route, with their kind (cached per pattern and
     documents)."""
-    key = (node, docs, DENSE_MIN)
+    key = (node, docs, DENSE_MIN, SHORT_MAX)
     got = _DENSE_CLASSES.get(key)
     if got is None:
         got = _DENSE_CLASSES.put(key, _dense_classes(node, docs))
@@ -59,10 +63,9 @@ def dense_classes(node, docs: Documents) -> dict[int, str]:
 def _dense_classes(node, docs: Documents) -> dict[int, str]:
     out = {}
     for L, _ in docs.classes:
-        if L >= DENSE_MIN:
-            kind = dense_kind(node, L, docs)
-            if kind is not None:
-                out[L] = kind
+        kind = dense_kind(node, L, docs)
+        if kind == "full" or (kind == "causal" and not SHORT_MAX < L < DENSE_MIN):
+            out[L] = kind
     return out
 
 
