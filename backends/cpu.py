@@ -6,12 +6,13 @@ differentiable in q, k and v through a custom autograd function with its own bac
 
 How: each distinct (pattern, n, m) is planned once (cached, thread-safe LRU bounded in bytes)
 by :mod:`spattn.backends.cpu_planner` into an exact partition of its pairs into dense tiles,
-grouped into components (band, periodic, heavy rows, rest). Inputs are laid out
-sequence-major, (S, B*H, D), so that a tile's rows are contiguous B*H*D blocks. Each bucket of
-equal-shape tiles runs as one call of PyTorch's fused CPU flash-attention kernel
+grouped into components (band, periodic, heavy rows, rest). Inputs are read in their own
+(B, H, S, D) layout as head-major (B*H, S, D) tensors, never copied to another layout. Each
+bucket of equal-shape tiles runs as one call of PyTorch's fused CPU flash-attention kernel
 (``aten::_scaled_dot_product_flash_attention_for_cpu``) over the tiles' query rows and keys,
-read through strided views where the tiles are arithmetic (band, residue classes) and gathered
-by index otherwise, with an additive 0 / -inf mask that keeps exactly the tile's pairs; the
+read in place through strided views where the tiles are arithmetic (band, residue classes)
+and gathered along the sequence (``index_select``) otherwise, with an additive 0 / -inf mask
+that keeps exactly the tile's pairs; the
 kernel returns the output and the row log-sum-exp. Components merge by log-sum-exp, so a pair
 is counted once. The backward reruns each tile through the fused backward kernel fed the
 *final* output and log-sum-exp, which makes every tile's gradient exactly its share of the
@@ -21,11 +22,9 @@ zero output, zero gradients and no NaN. Work and memory are proportional to the 
 (the pattern's pairs plus padding), never n x n; workspace is processed in chunks of a few MiB
 and checked against the memory budget first.
 
-Fast path (forward): when every tile of a plan is strided (``block``, band-like plans), the
-inputs are read in place in their (B, H, S, D) layout (head-major strided views, no layout
-copies), runs of unmasked row blocks sharing their keys are fused into one taller tile per
+Forward: runs of unmasked row blocks sharing their keys are fused into one taller tile per
 block (``block(b)``: one kernel call over (n/b) tiles of b rows), and with a single component
-the result is written straight into the output.
+and no gathered tile the result is written straight into the output.
 """
 
 from __future__ import annotations
