@@ -161,14 +161,16 @@ def _hgather(x: torch.Tensor, idx: torch.Tensor, t: int, s: int) -> torch.Tensor
     return x.index_select(1, idx).view(x.shape[0], t, s, x.shape[2]).transpose(0, 1)
 
 
-def _uncovered(comp, m: int) -> torch.Tensor:
-    """Query rows (< m) that no tile of the component holds (cached on the component)."""
-    if comp.uncovered is None:
+def _layout(comp, m: int) -> tuple[bool, torch.Tensor]:
+    """Whether the component has gathered tiles, and the query rows (< m) that none of its
+    tiles holds (cached on the component)."""
+    if comp.layout is None:
         seen = torch.zeros(m + 1, dtype=torch.bool)
         for g in comp.groups:
             seen[g.qs] = True
-        comp.uncovered = torch.nonzero(~seen[:m]).flatten()
-    return comp.uncovered
+        gathered = any(sg.strides is None for g in comp.groups for sg in g.segments)
+        comp.layout = (gathered, torch.nonzero(~seen[:m]).flatten())
+    return comp.layout
 
 
 def _forward_hm(plan: Plan, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, scale: float,
@@ -183,18 +185,16 @@ def _forward_hm(plan: Plan, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, s
     parts = []
     direct = len(plan.components) == 1 and not bool(plan.empty.any())
     for comp in plan.components:
-        gathered = any(sg.strides is None for g in comp.groups for sg in g.segments)
+        gathered, miss = _layout(comp, m)
         rows = m + 1 if gathered else m  # gathered padding slots write row m
         if direct and not gathered and out is not None:
             o = out
         else:
             o = q.new_empty(BH, rows, D)
         lse = q.new_empty(BH, rows)
-        if not direct:  # rows outside this component's tiles: no pairs here
-            miss = _uncovered(comp, m)
-            if len(miss):
-                o.index_fill_(1, miss, 0.0)
-                lse.index_fill_(1, miss, float("-inf"))
+        if not direct and len(miss):  # rows outside this component's tiles: no pairs here
+            o.index_fill_(1, miss, 0.0)
+            lse.index_fill_(1, miss, float("-inf"))
         for g in comp.groups:
             bias = g.bias_as(q.dtype)
             for run in fast_runs(g):
@@ -300,6 +300,14 @@ def _head_major(x: torch.Tensor, heads: list[int], dtype: torch.dtype) -> torch.
     return x.reshape(B * len(heads), S, D)
 
 
+def _put(dst: torch.Tensor, heads: list[int], val: torch.Tensor) -> None:
+    """Write (B, len(heads), ...) ``val`` into ``dst[:, heads]`` (a plain copy for all)."""
+    if len(heads) == dst.shape[1]:
+        dst.copy_(val)
+    else:
+        dst[:, heads] = val
+
+
 def kv_heads(heads: list[int], H: int, Hkv: int) -> tuple[list[int], bool]:
     """The key/value heads that query heads ``heads`` read (grouped-query attention: query
     head h reads key head h // (H // Hkv)) and whether they are whole groups in order, so
@@ -328,13 +336,9 @@ def forward_lse(q, k, v, plans: tuple[Plan, ...], scale: float):
         o, lz = _forward_hm(plan, _head_major(q, heads, ct), _head_major(k, kvh, ct),
                             _head_major(v, kvh, ct), scale,
                             out.view(B * H, m, D) if len(heads) == H else None)
-        if len(heads) == H:
-            if o.data_ptr() != out.data_ptr():
-                out.view(B * H, m, D).copy_(o)
-            lse.view(B * H, m).copy_(lz)
-        else:
-            out[:, heads] = o.view(B, len(heads), m, D)
-            lse[:, heads] = lz.view(B, len(heads), m)
+        if o.data_ptr() != out.data_ptr():
+            _put(out, heads, o.view(B, len(heads), m, D))
+        _put(lse, heads, lz.view(B, len(heads), m))
     return out, lse
 
 
@@ -358,18 +362,11 @@ def backward_lse(q, k, v, out, lse, dout, plans: tuple[Plan, ...], scale: float)
                                _head_major(v, kvh, ct), _head_major(out, heads, ct),
                                lz.to(ct).reshape(B * nh, m), _head_major(dout, heads, ct),
                                scale)
-        gq = gq.reshape(B, nh, m, D)
+        _put(dq, heads, gq.reshape(B, nh, m, D))
         gk, gv = (x.view(B, len(kvh), n, D) for x in (gk, gv))
-        if nh == H:
-            dq.copy_(gq)
-        else:
-            dq[:, heads] = gq
         if aligned:
-            for dst, val in ((dk, gk), (dv, gv)):
-                if len(kvh) == dst.shape[1]:
-                    dst.copy_(val)
-                else:
-                    dst[:, kvh] = val
+            _put(dk, kvh, gk)
+            _put(dv, kvh, gv)
         else:  # key heads repeated per query head: their shares add up
             at = torch.tensor(kvh, dtype=torch.long)
             dk.index_add_(1, at, gk)

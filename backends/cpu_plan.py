@@ -74,7 +74,7 @@ class Component:
     groups: list[Group]
     nnz: int
     area: int
-    uncovered: torch.Tensor | None = field(default=None, repr=False)  # executor's cache
+    layout: tuple | None = field(default=None, repr=False)  # the executor's cache
 
 
 @dataclass

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import os
 import platform
+import statistics
+import time
 
 from spattn.suite import SUITE  # noqa: F401 - re-exported for the bench scripts
 
@@ -45,3 +47,14 @@ def table(headers: list[str], rows: list[list]) -> str:
     body = ["| " + " | ".join(c.rjust(w[i]) if i else c.ljust(w[i]) for i, c in enumerate(r))
             + " |" for r in cells[1:]]
     return "\n".join([line, sep, *body])
+
+
+def median_time(fn, reps: int) -> float:
+    """The median of ``reps`` consecutive calls of ``fn`` (seconds)."""
+    ts = []
+    for _ in range(reps):
+        t = time.perf_counter()
+        fn()
+        ts.append(time.perf_counter() - t)
+    return statistics.median(ts)
+

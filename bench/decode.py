@@ -34,7 +34,7 @@ import torch
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
-from _common import header, table  # noqa: E402
+from _common import header, median_time, table  # noqa: E402
 
 import spattn  # noqa: E402
 
@@ -48,16 +48,6 @@ CACHE_TARGET = ("streaming(4, 256)", 262144, 100.0, 261 + 128)  # speed-up, most
 
 def _sdpa(q, k, v):
     return torch.nn.functional.scaled_dot_product_attention(q, k, v)
-
-
-def _time(fn, reps: int) -> float:
-    """The median of ``reps`` consecutive calls."""
-    ts = []
-    for _ in range(reps):
-        t = time.perf_counter()
-        fn()
-        ts.append(time.perf_counter() - t)
-    return statistics.median(ts)
 
 
 def _reference(q, k, v, p, n):
@@ -91,8 +81,8 @@ def run(n: int, reps: int, B=1, H=8, D=64):
         err = (spattn.attention(q, k, v, p).double() - exact).abs().max().item()
         dense, sp = [], []
         for _ in range(3):  # alternating blocks of calls
-            dense.append(_time(lambda: _sdpa(q, k, v), reps))
-            sp.append(_time(lambda p=p: spattn.attention(q, k, v, p), reps))
+            dense.append(median_time(lambda: _sdpa(q, k, v), reps))
+            sp.append(median_time(lambda p=p: spattn.attention(q, k, v, p), reps))
         td, ts = statistics.median(dense), statistics.median(sp)
         cache = spattn.KVCache(p)
         cache.append(k[:, :, :n - reps - 1], v[:, :, :n - reps - 1])

@@ -29,15 +29,13 @@ from __future__ import annotations
 
 import argparse
 import os
-import statistics
 import sys
-import time
 
 import torch
 
 sys.path.insert(0, os.path.dirname(__file__))
 
-from _common import SUITE, header, table  # noqa: E402
+from _common import SUITE, header, median_time, table  # noqa: E402
 
 import spattn  # noqa: E402
 
@@ -47,15 +45,6 @@ LENGTHS = [1000, 1009, 1023, 1024, 1025, 1100, 1201, 1500, 1536, 1999, 2000, 204
 FAST = LENGTHS[::2] + [8192]
 TARGET = 2.0
 WINDOW = 0.10
-
-
-def timed(fn, reps: int) -> float:
-    ts = []
-    for _ in range(reps):
-        t = time.perf_counter()
-        fn()
-        ts.append(time.perf_counter() - t)
-    return statistics.median(ts)
 
 
 def sweep(text: str, lengths: list[int], reps: int, heads: int = 8) -> list[tuple]:
@@ -73,9 +62,9 @@ def sweep(text: str, lengths: list[int], reps: int, heads: int = 8) -> list[tupl
             spattn.cache.clear_all()
             call()
 
-        fst = timed(first, 2)
+        fst = median_time(first, 2)
         call()
-        out.append((n, p.nnz(n), timed(call, reps), fst))
+        out.append((n, p.nnz(n), median_time(call, reps), fst))
     return out
 
 
